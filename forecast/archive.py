@@ -1,0 +1,351 @@
+"""The archive: one Zarr v3 store per dataset (DESIGN §2.1), written transactionally.
+
+Layout: `fields` float32 (time, channel, lat, lon), one chunk per time step; coordinates
+`time` (int64 hours since 1970-01-01), `channel` (strings), `lat` (90 -> -90), `lon` (0 ->);
+static fields `orography` and `land_sea_mask` (lat, lon) where the source has them; statistics
+`mean`, `std`, `diff_std` (channel) over a stated period; provenance in the root attributes.
+
+Commit protocol: the root attribute `committed_times` counts the leading time steps that are
+complete. An append first grows the arrays, writes every new chunk, and only then raises
+`committed_times` (one atomic metadata write on a local store). `open_archive` shows only
+committed steps, so a crash mid-append leaves an archive that opens and looks exactly as before;
+the next append rewrites everything past the commit. A failed append rolls back to the commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+from collections.abc import Iterable
+from importlib import metadata
+
+import numpy as np
+import xarray as xr
+import zarr
+from zarr.core.sync import sync
+
+from forecast import __version__
+from forecast.grid import LatLonGrid, cell_area_weights
+
+log = logging.getLogger(__name__)
+
+CONTRACT = "forecast-archive/1"
+TIME_UNITS = "hours since 1970-01-01 00:00:00"
+STATIC_NAMES = ("orography", "land_sea_mask")
+
+
+class ArchiveError(RuntimeError):
+    pass
+
+
+def to_hours(times: np.ndarray) -> np.ndarray:
+    return (np.asarray(times, dtype="datetime64[h]") - np.datetime64("1970-01-01T00", "h")).astype("int64")
+
+
+def from_hours(hours: np.ndarray) -> np.ndarray:
+    return np.datetime64("1970-01-01T00", "h") + np.asarray(hours, dtype="int64").astype("timedelta64[h]")
+
+
+def library_versions() -> dict[str, str]:
+    out = {"forecast": __version__}
+    for name in ("xarray", "zarr", "numpy", "netCDF4", "cfgrib", "dask"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
+
+
+class Archive:
+    """A handle on an archive store. Create with `Archive.create`, open with `Archive.open`."""
+
+    def __init__(self, group: zarr.Group, location: str):
+        self.group = group
+        self.location = location
+        attrs = group.attrs.asdict()
+        if attrs.get("contract") != CONTRACT:
+            raise ArchiveError(f"{location}: not a forecast archive (contract attribute is {attrs.get('contract')!r})")
+
+    # -- opening -------------------------------------------------------------------------
+    @classmethod
+    def exists(cls, location: str, storage_options: dict | None = None) -> bool:
+        try:
+            zarr.open_group(location, mode="r", storage_options=storage_options)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError):
+            return False
+        return True
+
+    @classmethod
+    def open(cls, location: str, mode: str = "r", storage_options: dict | None = None) -> Archive:
+        try:
+            group = zarr.open_group(location, mode=mode, storage_options=storage_options)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+            raise ArchiveError(f"{location}: no archive there ({e})") from e
+        return cls(group, str(location))
+
+    @classmethod
+    def create(
+        cls,
+        location: str,
+        grid: LatLonGrid,
+        channels: list[str],
+        time_step_hours: int,
+        attrs: dict | None = None,
+        storage_options: dict | None = None,
+    ) -> Archive:
+        group = zarr.open_group(location, mode="w-", storage_options=storage_options)
+        nlat, nlon = grid.shape
+        group.create_array(
+            "fields",
+            shape=(0, len(channels), nlat, nlon),
+            chunks=(1, len(channels), nlat, nlon),
+            dtype="float32",
+            fill_value=np.nan,
+            dimension_names=["time", "channel", "lat", "lon"],
+            attributes={"long_name": "analysed fields", "coordinates": "time channel lat lon"},
+        )
+        t = group.create_array(
+            "time",
+            shape=(0,),
+            chunks=(4096,),
+            dtype="int64",
+            dimension_names=["time"],
+            attributes={"units": TIME_UNITS, "calendar": "proleptic_gregorian", "standard_name": "time"},
+        )
+        del t
+        c = group.create_array("channel", shape=(len(channels),), dtype=str, dimension_names=["channel"])
+        c[:] = np.asarray(channels, dtype=object).astype(str)
+        lat = group.create_array(
+            "lat",
+            shape=(nlat,),
+            dtype="float64",
+            dimension_names=["lat"],
+            attributes={"units": "degrees_north", "standard_name": "latitude"},
+        )
+        lat[:] = grid.lat
+        lon = group.create_array(
+            "lon",
+            shape=(nlon,),
+            dtype="float64",
+            dimension_names=["lon"],
+            attributes={"units": "degrees_east", "standard_name": "longitude"},
+        )
+        lon[:] = grid.lon
+        group.attrs.update(
+            {
+                "contract": CONTRACT,
+                "committed_times": 0,
+                "time_step_hours": int(time_step_hours),
+                "grid": grid.describe(),
+                "sources": [],
+                "software": library_versions(),
+                **(attrs or {}),
+            }
+        )
+        return cls(group, str(location))
+
+    # -- properties ----------------------------------------------------------------------
+    @property
+    def attrs(self) -> dict:
+        return self.group.attrs.asdict()
+
+    @property
+    def committed(self) -> int:
+        return int(self.attrs["committed_times"])
+
+    @property
+    def channels(self) -> list[str]:
+        return [str(c) for c in self.group["channel"][:]]
+
+    @property
+    def grid(self) -> LatLonGrid:
+        return LatLonGrid(lat=np.asarray(self.group["lat"][:]), lon=np.asarray(self.group["lon"][:]))
+
+    @property
+    def time_step_hours(self) -> int:
+        return int(self.attrs["time_step_hours"])
+
+    @property
+    def times(self) -> np.ndarray:
+        n = self.committed
+        return from_hours(self.group["time"][:n]) if n else np.array([], dtype="datetime64[h]")
+
+    @property
+    def fields(self) -> zarr.Array:
+        return self.group["fields"]
+
+    # -- writing -------------------------------------------------------------------------
+    def _delete_chunks_from(self, start: int) -> None:
+        """Remove chunk objects of `fields` at time index >= start (left by a crash or rollback)."""
+        store = self.group.store
+        prefix = f"{self.group.path + '/' if self.group.path else ''}fields/c/"
+
+        async def collect():
+            return [k async for k in store.list_prefix(prefix)]
+
+        for key in sync(collect()):
+            index = key[len(prefix) :].split("/")[0]
+            if index.isdigit() and int(index) >= start:
+                sync(store.delete(key))
+
+    def append(self, times: np.ndarray, blocks: Iterable[np.ndarray], sources: list[dict]) -> int:
+        """Append time steps transactionally. `blocks` yields (channel, lat, lon) float32 arrays,
+        one per time; it may raise to abort (the archive then rolls back). Returns steps added."""
+        n = self.committed
+        k = len(times)
+        if k == 0:
+            return 0
+        expected = self.fields.shape[1:]
+        self._delete_chunks_from(n)
+        self.fields.resize((n + k, *expected))
+        self.group["time"].resize((n + k,))
+        self.group["time"][n:] = to_hours(times)
+        written = 0
+        try:
+            for i, block in enumerate(blocks):
+                if block.shape != expected:
+                    raise ArchiveError(f"block {i} has shape {block.shape}, archive expects {expected}")
+                self.fields[n + i] = block
+                written += 1
+            if written != k:
+                raise ArchiveError(f"expected {k} time steps, got {written}")
+        except BaseException:
+            self.rollback(n)
+            raise
+        self.group.attrs.update(
+            {
+                "committed_times": n + k,
+                "sources": self.attrs.get("sources", []) + sources,
+                "last_ingest": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            }
+        )
+        return k
+
+    def rollback(self, n: int) -> None:
+        """Shrink back to the first `n` steps and delete anything written past them."""
+        self.fields.resize((n, *self.fields.shape[1:]))
+        self.group["time"].resize((n,))
+        self._delete_chunks_from(n)
+
+    def write_static(self, name: str, values: np.ndarray, attrs: dict) -> None:
+        if name not in STATIC_NAMES:
+            raise ArchiveError(f"unknown static field {name!r}")
+        if name in self.group:
+            old = self.group[name][:]
+            if old.shape == values.shape and np.array_equal(old, values, equal_nan=True):
+                return
+            del self.group[name]
+        arr = self.group.create_array(
+            name,
+            shape=values.shape,
+            dtype="float32",
+            dimension_names=["lat", "lon"],
+            attributes=attrs,
+            fill_value=np.nan,
+        )
+        arr[:] = values.astype(np.float32)
+
+    # -- statistics ----------------------------------------------------------------------
+    def statistics_are_current(self) -> bool:
+        return "mean" in self.group and self.attrs.get("statistics", {}).get("committed_times") == self.committed
+
+    def compute_statistics(self, start: str | None = None, end: str | None = None, batch: int = 64) -> dict:
+        """Area-weighted per-channel mean and std, and std of differences over one time step.
+
+        Accumulated in float64 over the committed steps in [start, end] (default: all), one
+        batch of time steps at a time, and stored as arrays `mean`, `std`, `diff_std`.
+        """
+        times = self.times
+        if len(times) == 0:
+            raise ArchiveError(f"{self.location}: no committed time steps to compute statistics from")
+        lo = 0 if start is None else int(np.searchsorted(times, np.datetime64(start, "h")))
+        hi = len(times) if end is None else int(np.searchsorted(times, np.datetime64(end, "h"), side="right"))
+        if hi - lo < 2:
+            raise ArchiveError(f"{self.location}: need at least 2 time steps for statistics, have {hi - lo}")
+        w = cell_area_weights(self.grid.lat)[:, None] / self.grid.shape[1]
+        w = w / w.sum()
+        c = len(self.channels)
+        s1, s2, d1, d2 = (np.zeros(c) for _ in range(4))
+        count = dcount = 0
+        prev = None
+        for i in range(lo, hi, batch):
+            x = self.fields[i : min(i + batch, hi)].astype(np.float64)
+            s1 += np.einsum("tcij,ij->c", x, w)
+            s2 += np.einsum("tcij,ij->c", x * x, w)
+            count += len(x)
+            full = x if prev is None else np.concatenate([prev, x])
+            d = np.diff(full, axis=0)
+            d1 += np.einsum("tcij,ij->c", d, w)
+            d2 += np.einsum("tcij,ij->c", d * d, w)
+            dcount += len(d)
+            prev = x[-1:]
+        mean = s1 / count
+        std = np.sqrt(np.maximum(s2 / count - mean**2, 0.0))
+        dmean = d1 / dcount
+        diff_std = np.sqrt(np.maximum(d2 / dcount - dmean**2, 0.0))
+        for name, values, desc in (
+            ("mean", mean, "area-weighted mean"),
+            ("std", std, "area-weighted standard deviation"),
+            ("diff_std", diff_std, f"standard deviation of {self.time_step_hours}-hour differences"),
+        ):
+            if name in self.group:
+                del self.group[name]
+            arr = self.group.create_array(
+                name, shape=(c,), dtype="float64", dimension_names=["channel"], attributes={"long_name": desc}
+            )
+            arr[:] = values
+        info = {
+            "period_start": str(times[lo]),
+            "period_end": str(times[hi - 1]),
+            "time_steps": hi - lo,
+            "committed_times": self.committed,
+            "diff_hours": self.time_step_hours,
+            "weights": "cell area (sin of cell edges)",
+        }
+        self.group.attrs.update({"statistics": info})
+        return {"mean": mean, "std": std, "diff_std": diff_std, **info}
+
+
+def open_archive(location: str, storage_options: dict | None = None) -> xr.Dataset:
+    """The archive as a labelled, lazy xarray Dataset holding only committed time steps."""
+    archive = Archive.open(location, storage_options=storage_options)
+    n = archive.committed
+    ds = (
+        xr.open_zarr(location, consolidated=False, storage_options=storage_options, decode_times=False)
+        if archive.fields.shape[0] == archive.group["time"].shape[0]
+        else None
+    )
+    if ds is None:
+        # Mid-append shapes disagree: build the view from the arrays themselves.
+        import dask.array as da
+
+        ds = xr.Dataset(
+            {"fields": (("time", "channel", "lat", "lon"), da.from_zarr(archive.fields)[:n])},
+            coords={"time": ("time", archive.group["time"][:n], archive.group["time"].attrs.asdict())},
+        )
+        for name in STATIC_NAMES + ("mean", "std", "diff_std"):
+            if name in archive.group:
+                arr = archive.group[name]
+                ds[name] = (tuple(arr.metadata.dimension_names), arr[:], arr.attrs.asdict())
+        ds = ds.assign_coords(channel=archive.channels, lat=archive.grid.lat, lon=archive.grid.lon)
+    ds = ds.isel(time=slice(0, n))
+    ds = xr.decode_cf(ds)
+    ds.attrs = archive.attrs
+    return ds
+
+
+def describe(location: str) -> str:
+    a = Archive.open(location)
+    t = a.times
+    span = f"{t[0]} .. {t[-1]}" if len(t) else "empty"
+    return json.dumps(
+        {
+            "archive": location,
+            "times": len(t),
+            "span": span,
+            "channels": a.channels,
+            "grid": a.attrs["grid"],
+            "statistics": a.attrs.get("statistics"),
+        },
+        indent=1,
+    )

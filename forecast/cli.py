@@ -1,0 +1,161 @@
+"""The `forecast` command line: world, ingest, stats, info, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from forecast.config import CONFIG_DIR, ConfigError, DemoConfig, IngestConfig, load
+
+log = logging.getLogger("forecast")
+
+
+def _cmd_world(args: argparse.Namespace) -> int:
+    from forecast.world import WorldRun, generate_world
+
+    start = time.perf_counter()
+    paths = generate_world(
+        args.out, WorldRun(years=args.years, seed=args.seed, start_year=args.start_year), progress=not args.quiet
+    )
+    print(f"wrote {len(paths)} files to {args.out} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _ingest_config(args: argparse.Namespace) -> IngestConfig:
+    cfg = load(IngestConfig, args.config) if args.config else IngestConfig()
+    overrides = {
+        k: v
+        for k, v in (
+            ("grid", args.grid),
+            ("channels", args.channels),
+            ("time_step_hours", args.time_step),
+            ("member", args.member),
+        )
+        if v is not None
+    }
+    return IngestConfig(**{**cfg.__dict__, **overrides})
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from forecast.ingest import ingest
+
+    cfg = _ingest_config(args)
+    report = ingest(
+        args.sources,
+        args.archive,
+        grid=cfg.grid,
+        channels=cfg.channels,
+        time_step_hours=cfg.time_step_hours,
+        member=cfg.member,
+        progress=not args.quiet,
+    )
+    print(report.summary())
+    return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from forecast.archive import Archive
+
+    stats = Archive.open(args.archive, mode="r+").compute_statistics(args.start, args.end)
+    print(f"statistics over {stats['period_start']} .. {stats['period_end']} ({stats['time_steps']} steps)")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from forecast.archive import describe
+
+    print(describe(args.archive))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from forecast.archive import describe
+    from forecast.ingest import ingest
+    from forecast.world import WorldRun, generate_world
+
+    cfg = load(DemoConfig, args.config)
+    out = Path(args.out)
+    world_dir, archive = out / "world", out / "archive.zarr"
+    t0 = time.perf_counter()
+    generate_world(
+        world_dir,
+        WorldRun(years=cfg.world.years, seed=cfg.world.seed, start_year=cfg.world.start_year),
+        progress=not args.quiet,
+    )
+    t1 = time.perf_counter()
+    report = ingest(
+        [world_dir],
+        archive,
+        grid=cfg.ingest.grid,
+        channels=cfg.ingest.channels,
+        time_step_hours=cfg.ingest.time_step_hours,
+        progress=not args.quiet,
+    )
+    t2 = time.perf_counter()
+    print(f"world: {cfg.world.years} year(s) simulated into {world_dir} in {t1 - t0:.1f} s")
+    print(f"ingest: {report.summary()} in {t2 - t1:.1f} s")
+    print(describe(str(archive)))
+    print("demo: stops after ingest for now; training, ensembles and diagnostics join as they land.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="forecast", description="Huge-ensemble weather forecasting pipeline")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    w = sub.add_parser("world", help="simulate the built-in world into monthly ERA5-like NetCDF files")
+    w.add_argument("--out", required=True, help="output directory")
+    w.add_argument("--years", type=int, default=1)
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--start-year", type=int, default=2000)
+    w.set_defaults(func=_cmd_world)
+
+    i = sub.add_parser("ingest", help="ingest NetCDF/GRIB/Zarr sources (paths or fsspec URLs) into an archive")
+    i.add_argument("sources", nargs="+", help="files, directories of files, Zarr stores or URLs")
+    i.add_argument("--archive", required=True, help="archive Zarr store (created if missing)")
+    i.add_argument("--config", help="YAML ingest config (see configs/)")
+    i.add_argument("--grid", help="target grid: NLATxNLON (e.g. 33x64) or degrees (e.g. 1.0)")
+    i.add_argument("--channels", nargs="+", help="channels to keep (default: all found)")
+    i.add_argument("--time-step", type=int, help="archive time step in hours (default 6)")
+    i.add_argument("--member", type=int, help="ensemble member to take from ensemble files (default 0)")
+    i.set_defaults(func=_cmd_ingest)
+
+    s = sub.add_parser("stats", help="recompute an archive's statistics")
+    s.add_argument("archive")
+    s.add_argument("--start", help="first time of the statistics period (default: first in archive)")
+    s.add_argument("--end", help="last time of the statistics period (default: last in archive)")
+    s.set_defaults(func=_cmd_stats)
+
+    n = sub.add_parser("info", help="describe an archive")
+    n.add_argument("archive")
+    n.set_defaults(func=_cmd_info)
+
+    d = sub.add_parser("demo", help="run the main job on the built-in world")
+    d.add_argument("--out", default="demo-output")
+    d.add_argument("--config", default=str(CONFIG_DIR / "demo.yaml"))
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from forecast.archive import ArchiveError
+    from forecast.ingest.sources import IngestError
+
+    try:
+        return args.func(args)
+    except (IngestError, ArchiveError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

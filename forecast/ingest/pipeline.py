@@ -1,0 +1,368 @@
+"""Ingest: validate sources, plan the new time steps, regrid, and append to the archive.
+
+Everything that can be checked from metadata (variables, levels, times, grids, units) is
+checked before the archive is touched. Values (NaN) are checked per time step as they are
+read, before that step is written; any failure rolls the archive back to its last commit, so
+a failed ingest leaves the archive as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import xarray as xr
+from tqdm.auto import tqdm
+
+from forecast import vocabulary
+from forecast.archive import Archive
+from forecast.grid import ConservativeRegridder, LatLonGrid, covers_globe, parse_grid
+from forecast.ingest.sources import IngestError, Source, open_source
+
+log = logging.getLogger(__name__)
+BATCH = 8  # time steps read per source per request
+
+
+@dataclasses.dataclass
+class Piece:
+    """One channel's data from one source: (time, lat, lon), lazily loaded."""
+
+    file: str
+    variable: str
+    data: xr.DataArray
+
+    @property
+    def grid(self) -> LatLonGrid:
+        return LatLonGrid(lat=self.data["lat"].values, lon=self.data["lon"].values)
+
+
+@dataclasses.dataclass
+class IngestReport:
+    archive: str
+    added: int
+    skipped_sources: list[str]
+    skipped_times: int
+    channels: list[str]
+    first: str | None
+    last: str | None
+
+    def summary(self) -> str:
+        span = f" ({self.first} .. {self.last})" if self.added else ""
+        return (
+            f"{self.archive}: added {self.added} time steps{span}, {len(self.channels)} channels; "
+            f"{self.skipped_times} already present, {len(self.skipped_sources)} sources already ingested"
+        )
+
+
+def expand_sources(sources: Sequence[str | Path]) -> list[str]:
+    """Directories (other than Zarr stores) stand for the NetCDF and GRIB files inside them."""
+    out: list[str] = []
+    for s in map(str, sources):
+        fs, path = fsspec.core.url_to_fs(s)
+        if fs.isdir(path) and not (fs.exists(f"{path}/zarr.json") or fs.exists(f"{path}/.zgroup")):
+            found = sorted(
+                p for p in fs.ls(path, detail=False) if p.endswith((".nc", ".grib", ".grib2", ".grb", ".grb2"))
+            )
+            if not found:
+                raise IngestError(s, None, "directory holds no .nc or .grib files")
+            out += [p if "://" not in s else f"{s.split('://')[0]}://{p}" for p in found]
+        else:
+            out.append(s)
+    return out
+
+
+def _pieces(sources: list[Source]) -> tuple[dict[str, list[Piece]], dict[str, Piece]]:
+    fields: dict[str, list[Piece]] = {}
+    statics: dict[str, Piece] = {}
+    for src in sources:
+        for ds in src.datasets:
+            for short, da in ds.data_vars.items():
+                v = vocabulary.by_short(short)
+                if v.kind == "static":
+                    statics[v.channel] = Piece(src.location, da.attrs["source_name"], da.isel(time=0))
+                elif v.kind == "pressure":
+                    for level in da["level"].values:
+                        ch = vocabulary.channel_name(v, float(level))
+                        fields.setdefault(ch, []).append(
+                            Piece(src.location, da.attrs["source_name"], da.sel(level=level, drop=True))
+                        )
+                else:
+                    fields.setdefault(v.channel, []).append(Piece(src.location, da.attrs["source_name"], da))
+    return fields, statics
+
+
+def _channel_order(channel: str) -> tuple:
+    v, level = vocabulary.parse_channel(channel)
+    return (vocabulary.VARIABLES.index(v), level or 0)
+
+
+def _check_times(channel: str, pieces: list[Piece]) -> dict[np.datetime64, tuple[int, int]]:
+    """time -> (piece index, index within piece); refuses unordered and duplicate times."""
+    index: dict[np.datetime64, tuple[int, int]] = {}
+    for p_i, p in enumerate(pieces):
+        t = p.data["time"].values.astype("datetime64[h]")
+        if len(t) > 1 and np.any(np.diff(t) <= np.timedelta64(0, "h")):
+            bad = int(np.argmax(np.diff(t) <= np.timedelta64(0, "h")))
+            what = "duplicate" if t[bad] == t[bad + 1] else "unordered"
+            raise IngestError(p.file, p.variable, f"{what} times: {t[bad]} is followed by {t[bad + 1]}")
+        for j, tt in enumerate(t):
+            if tt in index:
+                other = pieces[index[tt][0]].file
+                raise IngestError(p.file, p.variable, f"duplicate time {tt} (also in {other}) for channel {channel}")
+            index[tt] = (p_i, j)
+    return index
+
+
+def _missing_channel_error(channel: str, fields: dict[str, list[Piece]], files: list[str]) -> IngestError:
+    v, level = vocabulary.parse_channel(channel)
+    same_var = sorted(c for c in fields if vocabulary.parse_channel(c)[0] is v)
+    where = (
+        files[0]
+        if len(files) == 1
+        else f"{len(files)} sources ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''})"
+    )
+    if same_var:
+        return IngestError(
+            where, v.short, f"missing level {level} hPa for channel {channel}; levels present: {same_var}"
+        )
+    return IngestError(where, v.short, f"missing variable for channel {channel} (found channels: {sorted(fields)})")
+
+
+def plan_grid(pieces: list[Piece], target: LatLonGrid | None) -> tuple[LatLonGrid, dict[int, ConservativeRegridder]]:
+    """Check every piece's grid; return the target grid and a regridder per distinct source grid."""
+    grids: list[LatLonGrid] = []
+    for p in pieces:
+        g = p.grid
+        if len(g.lat) < 2 or len(g.lon) < 2:
+            raise IngestError(p.file, p.variable, f"grid {g.describe()} is too small to be a global field")
+        dlon = np.diff(g.lon)
+        if not np.allclose(dlon, dlon[0], rtol=1e-4) or not covers_globe(g):
+            raise IngestError(
+                p.file,
+                p.variable,
+                f"grid {g.describe()} is regional or irregular; the archive holds global fields on a regular grid",
+            )
+        if not any(g.same_as(other) for other in grids):
+            grids.append(g)
+    if target is None:
+        if len(grids) > 1:
+            raise IngestError(
+                pieces[0].file,
+                None,
+                f"sources are on {len(grids)} different grids "
+                f"({'; '.join(g.describe() for g in grids)}); pass --grid to regrid them to one",
+            )
+        if not grids[0].is_equiangular_with_poles:
+            raise IngestError(
+                pieces[0].file,
+                None,
+                f"grid {grids[0].describe()} is not equiangular with poles "
+                "(the archive contract); pass --grid, e.g. --grid 33x64 or --grid 1.0",
+            )
+        target = grids[0]
+    by_grid: dict[str, ConservativeRegridder] = {}
+    regridders = {}
+    for p in pieces:
+        if not p.grid.same_as(target):
+            key = p.grid.describe()
+            if key not in by_grid:
+                by_grid[key] = ConservativeRegridder(p.grid, target)
+            regridders[id(p)] = by_grid[key]
+    return target, regridders
+
+
+def ingest(
+    sources: Sequence[str | Path],
+    archive: str | Path,
+    *,
+    grid: str | None = None,
+    channels: Sequence[str] | None = None,
+    time_step_hours: int = 6,
+    member: int = 0,
+    progress: bool = True,
+    storage_options: dict | None = None,
+) -> IngestReport:
+    """Ingest reanalysis files (NetCDF, GRIB, Zarr; paths or fsspec URLs) into an archive.
+
+    Idempotent: sources whose checksum the archive already records are skipped, and so are
+    time steps it already holds; later time steps are appended. See the module docstring for
+    the validation and crash-safety guarantees.
+    """
+    archive = str(archive)
+    locations = expand_sources(sources)
+    existing = (
+        Archive.open(archive, mode="r+", storage_options=storage_options)
+        if Archive.exists(archive, storage_options)
+        else None
+    )
+    known = {s["checksum"] for s in existing.attrs.get("sources", [])} if existing else set()
+
+    opened: list[Source] = []
+    skipped_sources: list[str] = []
+    for loc in locations:
+        src = open_source(loc, member=member)
+        if src.checksum in known:
+            log.info("%s: already ingested (checksum %s), skipped", loc, src.checksum[:19])
+            skipped_sources.append(loc)
+            continue
+        opened.append(src)
+    if not opened:
+        return IngestReport(archive, 0, skipped_sources, 0, existing.channels if existing else [], None, None)
+
+    fields, statics = _pieces(opened)
+    if existing is not None:
+        wanted = existing.channels
+    elif channels:
+        wanted = list(channels)
+    else:
+        wanted = sorted(fields, key=_channel_order)
+    if not wanted:
+        raise IngestError(opened[0].location, None, "no time-dependent fields found")
+    for ch in wanted:
+        vocabulary.parse_channel(ch)  # a clear error for unknown names
+        if ch not in fields:
+            raise _missing_channel_error(ch, fields, [s.location for s in opened])
+
+    # Times: every channel must have exactly the same steps on the archive's cadence.
+    step = existing.time_step_hours if existing else int(time_step_hours)
+    indices = {ch: _check_times(ch, fields[ch]) for ch in wanted}
+    on_cadence = {ch: {t for t in idx if (t.astype("int64") % step) == 0} for ch, idx in indices.items()}
+    reference = wanted[0]
+    all_times = set().union(*on_cadence.values())
+    for ch in wanted:
+        lacking = sorted(all_times - on_cadence[ch])
+        if lacking:
+            p = fields[ch][0]
+            raise IngestError(
+                p.file,
+                p.variable,
+                f"missing times for channel {ch}: {len(lacking)} steps, first {lacking[0]} (other variables have them)",
+            )
+    times = np.array(sorted(all_times), dtype="datetime64[h]")
+    dropped = len(indices[reference]) - len(times)
+    if dropped:
+        log.info("dropped %d time steps that are not on the %d-hour cadence", dropped, step)
+    if len(times) == 0:
+        p = fields[reference][0]
+        raise IngestError(p.file, p.variable, f"no time step falls on the {step}-hour cadence (00 UTC based)")
+    gaps = np.nonzero(np.diff(times) != np.timedelta64(step, "h"))[0]
+    if len(gaps):
+        g = gaps[0]
+        raise IngestError(
+            fields[reference][0].file,
+            None,
+            f"missing times: gap between {times[g]} and {times[g + 1]} (expected every {step} h)",
+        )
+
+    skipped_times = 0
+    if existing is not None and existing.committed:
+        have = existing.times.astype("datetime64[h]")
+        old = times[times <= have[-1]]
+        if len(old):
+            absent = np.setdiff1d(old, have)
+            if len(absent):
+                raise IngestError(
+                    fields[reference][0].file,
+                    None,
+                    f"times {absent[0]}.. lie inside the archive's span but are not in it; the archive only appends",
+                )
+            skipped_times = len(old)
+        times = times[times > have[-1]]
+        if len(times) and times[0] != have[-1] + np.timedelta64(step, "h"):
+            raise IngestError(
+                fields[reference][0].file,
+                None,
+                f"missing times: archive ends at {have[-1]}, new data start at {times[0]}",
+            )
+
+    pieces = [p for ch in wanted for p in fields[ch]] + list(statics.values())
+    target = existing.grid if existing else (parse_grid(grid) if grid else None)
+    if existing is not None and grid and not parse_grid(grid).same_as(existing.grid):
+        raise IngestError(archive, None, f"--grid {grid} differs from the archive's grid {existing.grid.describe()}")
+    target, regridders = plan_grid(pieces, target)
+
+    if existing is None:
+        existing = Archive.create(
+            archive,
+            target,
+            wanted,
+            step,
+            storage_options=storage_options,
+            attrs={
+                "title": "forecast archive",
+                "regridding": "first-order conservative "
+                "(forecast.grid) where a source grid differs from the archive grid",
+            },
+        )
+    for name, p in statics.items():
+        values = np.asarray(p.data.values, dtype=np.float32)
+        if id(p) in regridders:
+            values = regridders[id(p)](values)
+        if name == "orography":
+            values = values / vocabulary.GRAVITY
+        existing.write_static(name, values, {"source_file": p.file, "units": "m" if name == "orography" else "1"})
+
+    provenance = [
+        {
+            "file": s.location,
+            "checksum": s.checksum,
+            "variables": sorted({str(ds[v].attrs["source_name"]) for ds in s.datasets for v in ds.data_vars}),
+            "regridded_from": sorted(
+                {p.grid.describe() for ch in wanted for p in fields[ch] if p.file == s.location and id(p) in regridders}
+            ),
+        }
+        for s in opened
+    ]
+
+    if len(times):
+        blocks = _blocks(times, wanted, fields, indices, regridders, progress)
+        existing.append(times, blocks, provenance)
+        log.info("appended %d time steps to %s", len(times), archive)
+    else:
+        existing.group.attrs.update({"sources": existing.attrs.get("sources", []) + provenance})
+    if len(times) or not existing.statistics_are_current():
+        existing.compute_statistics()
+    return IngestReport(
+        archive,
+        len(times),
+        skipped_sources,
+        skipped_times,
+        wanted,
+        str(times[0]) if len(times) else None,
+        str(times[-1]) if len(times) else None,
+    )
+
+
+def _blocks(times, channels, fields, indices, regridders, progress) -> Iterator[np.ndarray]:
+    """Yield (channel, lat, lon) blocks in time order, reading each source in batches."""
+    bar = tqdm(total=len(times), desc="ingest", unit="step", disable=not progress)
+    for start in range(0, len(times), BATCH):
+        batch = times[start : start + BATCH]
+        out = None
+        for c, ch in enumerate(channels):
+            by_piece: dict[int, list[tuple[int, int]]] = {}
+            for b, t in enumerate(batch):
+                p_i, j = indices[ch][t]
+                by_piece.setdefault(p_i, []).append((b, j))
+            for p_i, pairs in by_piece.items():
+                piece = fields[ch][p_i]
+                values = np.asarray(piece.data.isel(time=[j for _, j in pairs]).values, dtype=np.float32)
+                if id(piece) in regridders:
+                    values = regridders[id(piece)](values)
+                if out is None:
+                    out = np.empty((len(batch), len(channels), *values.shape[-2:]), np.float32)
+                for k, (b, _) in enumerate(pairs):
+                    if not np.all(np.isfinite(values[k])):
+                        bad = int(np.count_nonzero(~np.isfinite(values[k])))
+                        raise IngestError(
+                            piece.file, piece.variable, f"{bad} NaN/inf values at {batch[b]} (channel {ch})"
+                        )
+                    out[b, c] = values[k]
+        for b in range(len(batch)):
+            yield out[b]
+            bar.update(1)
+    bar.close()
