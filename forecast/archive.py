@@ -199,7 +199,6 @@ class Archive:
         self._delete_chunks_from(n)
         self.fields.resize((n + k, *expected))
         self.group["time"].resize((n + k,))
-        self.group["time"][n:] = to_hours(times)
         written = 0
         try:
             for i, block in enumerate(blocks):
@@ -209,6 +208,8 @@ class Archive:
                 written += 1
             if written != k:
                 raise ArchiveError(f"expected {k} time steps, got {written}")
+            # Written last, so that a rollback finds the time chunk as it was.
+            self.group["time"][n:] = to_hours(times)
         except BaseException:
             self.rollback(n)
             raise
@@ -260,9 +261,9 @@ class Archive:
             raise ArchiveError(f"{self.location}: no committed time steps to compute statistics from")
         lo = 0 if start is None else int(np.searchsorted(times, np.datetime64(start, "h")))
         hi = len(times) if end is None else int(np.searchsorted(times, np.datetime64(end, "h"), side="right"))
-        if hi - lo < 2:
-            raise ArchiveError(f"{self.location}: need at least 2 time steps for statistics, have {hi - lo}")
-        w = cell_area_weights(self.grid.lat)[:, None] / self.grid.shape[1]
+        if hi - lo < 1:
+            raise ArchiveError(f"{self.location}: no time steps between {start} and {end}")
+        w = cell_area_weights(self.grid.lat)[:, None] * np.ones(self.grid.shape[1])
         w = w / w.sum()
         c = len(self.channels)
         s1, s2, d1, d2 = (np.zeros(c) for _ in range(4))
@@ -281,8 +282,11 @@ class Archive:
             prev = x[-1:]
         mean = s1 / count
         std = np.sqrt(np.maximum(s2 / count - mean**2, 0.0))
-        dmean = d1 / dcount
-        diff_std = np.sqrt(np.maximum(d2 / dcount - dmean**2, 0.0))
+        if dcount:
+            dmean = d1 / dcount
+            diff_std = np.sqrt(np.maximum(d2 / dcount - dmean**2, 0.0))
+        else:  # one time step: no differences to take
+            diff_std = np.full(c, np.nan)
         for name, values, desc in (
             ("mean", mean, "area-weighted mean"),
             ("std", std, "area-weighted standard deviation"),

@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("world", help="simulate the built-in world into monthly ERA5-like NetCDF files")
     w.add_argument("--out", required=True, help="output directory")
     w.add_argument("--years", type=int, default=1)
+    w.add_argument("--months", type=int, help="simulate this many months instead of whole years")
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--start-year", type=int, default=2000)
     w.set_defaults(func=_cmd_world)

@@ -132,8 +132,13 @@ def _missing_channel_error(channel: str, fields: dict[str, list[Piece]], files: 
     return IngestError(where, v.short, f"missing variable for channel {channel} (found channels: {sorted(fields)})")
 
 
-def plan_grid(pieces: list[Piece], target: LatLonGrid | None) -> tuple[LatLonGrid, dict[int, ConservativeRegridder]]:
-    """Check every piece's grid; return the target grid and a regridder per distinct source grid."""
+def plan_grid(
+    pieces: list[Piece], target: LatLonGrid | None, allow_regrid: bool = True
+) -> tuple[LatLonGrid, dict[int, ConservativeRegridder]]:
+    """Check every piece's grid; return the target grid and a regridder per distinct source grid.
+
+    Without `allow_regrid` (an archive kept on its sources' native grid), a source on another
+    grid is an error rather than something to regrid silently."""
     grids: list[LatLonGrid] = []
     for p in pieces:
         g = p.grid
@@ -168,6 +173,13 @@ def plan_grid(pieces: list[Piece], target: LatLonGrid | None) -> tuple[LatLonGri
     regridders = {}
     for p in pieces:
         if not p.grid.same_as(target):
+            if not allow_regrid:
+                raise IngestError(
+                    p.file,
+                    p.variable,
+                    f"grid {p.grid.describe()} differs from the archive's grid "
+                    f"{target.describe()}; pass --grid to regrid",
+                )
             key = p.grid.describe()
             if key not in by_grid:
                 by_grid[key] = ConservativeRegridder(p.grid, target)
@@ -227,6 +239,13 @@ def ingest(
         if ch not in fields:
             raise _missing_channel_error(ch, fields, [s.location for s in opened])
 
+    pieces = [p for ch in wanted for p in fields[ch]] + list(statics.values())
+    target = existing.grid if existing else (parse_grid(grid) if grid else None)
+    if existing is not None and grid and not parse_grid(grid).same_as(existing.grid):
+        raise IngestError(archive, None, f"--grid {grid} differs from the archive's grid {existing.grid.describe()}")
+    allow_regrid = bool(grid) or bool(existing is not None and existing.attrs.get("grid_spec"))
+    target, regridders = plan_grid(pieces, target, allow_regrid)
+
     # Times: every channel must have exactly the same steps on the archive's cadence.
     step = existing.time_step_hours if existing else int(time_step_hours)
     indices = {ch: _check_times(ch, fields[ch]) for ch in wanted}
@@ -279,12 +298,6 @@ def ingest(
                 f"missing times: archive ends at {have[-1]}, new data start at {times[0]}",
             )
 
-    pieces = [p for ch in wanted for p in fields[ch]] + list(statics.values())
-    target = existing.grid if existing else (parse_grid(grid) if grid else None)
-    if existing is not None and grid and not parse_grid(grid).same_as(existing.grid):
-        raise IngestError(archive, None, f"--grid {grid} differs from the archive's grid {existing.grid.describe()}")
-    target, regridders = plan_grid(pieces, target)
-
     if existing is None:
         existing = Archive.create(
             archive,
@@ -294,8 +307,10 @@ def ingest(
             storage_options=storage_options,
             attrs={
                 "title": "forecast archive",
-                "regridding": "first-order conservative "
-                "(forecast.grid) where a source grid differs from the archive grid",
+                "grid_spec": grid,
+                "regridding": "none (native grid)"
+                if not grid
+                else f"first-order conservative (forecast.grid) to {target.describe()} where a source grid differs",
             },
         )
     for name, p in statics.items():

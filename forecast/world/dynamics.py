@@ -56,6 +56,7 @@ class WorldPhysics:
     evaporation_hours: float = 24.0
     condensation_hours: float = 2.0
     forced: bool = True
+    mass_fixer: bool = True
 
 
 def idealised_continents(lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -239,19 +240,29 @@ class Core:
         lsp = lsp.at[..., 0, 0].add(shift / self._l0_nodal_value)
         return dataclasses.replace(state, log_surface_pressure=lsp)
 
+    def mass_quantum(self, state) -> float:
+        """Relative change of global mass from one float32 ulp of the (l=0) log(ps) coefficient:
+        the finest mass adjustment the state can represent, i.e. 'rounding' for mass."""
+        c00 = np.float32(np.asarray(state.log_surface_pressure)[..., 0, 0].ravel()[0])
+        return float(np.spacing(c00) * abs(self._l0_nodal_value))
+
     def mean_surface_pressure(self, state) -> jax.Array:
         grid = self.coords.horizontal
         return area_mean(grid, jnp.exp(grid.to_nodal(state.log_surface_pressure)))
 
+    def _run(self, state, n_steps: int, target):
+        state = jax.lax.fori_loop(0, n_steps, lambda _, s: self._step(s), state)
+        return self.fix_mass(state, target) if self.physics.mass_fixer else state
+
     @functools.cached_property
     def advance(self):
         """advance(state, n_steps, target_mass) -> state: n steps then the mass fixer, jitted."""
+        return jax.jit(self._run, static_argnums=1)
 
-        def run(state, n_steps, target):
-            state = jax.lax.fori_loop(0, n_steps, lambda _, s: self._step(s), state)
-            return self.fix_mass(state, target)
-
-        return jax.jit(run, static_argnums=1)
+    @functools.cached_property
+    def advance_batch(self):
+        """Like `advance` for a batch of states stacked on a leading axis (members)."""
+        return jax.jit(jax.vmap(self._run, in_axes=(0, None, None)), static_argnums=1)
 
 
 def area_mean(grid: spherical_harmonic.Grid, nodal: jax.Array) -> jax.Array:

@@ -48,6 +48,11 @@ class WorldRun:
     seed: int = 0
     start_year: int = 2000
     physics: WorldPhysics = WorldPhysics()
+    months: int | None = None  # overrides `years` for runs shorter than a year (tests)
+
+    @property
+    def total_months(self) -> int:
+        return self.months if self.months is not None else 12 * self.years
 
 
 class World:
@@ -66,7 +71,9 @@ class World:
         return float(np.mod(self.core.specs.nondimensionalize(float(seconds) * UNITS.s), self._year))
 
     def at(self, state, when: np.datetime64):
-        return dataclasses.replace(state, sim_time=jnp.float32(self.sim_time(when)))
+        """The state with its clock set to `when` (one clock per member for batched states)."""
+        shape = () if state.sim_time is None else jnp.shape(state.sim_time)
+        return dataclasses.replace(state, sim_time=jnp.full(shape, self.sim_time(when), jnp.float32))
 
     def step(self, state, when: np.datetime64, target_mass):
         """Advance one output interval starting at `when`."""
@@ -214,12 +221,13 @@ def write_netcdf_atomic(ds: xr.Dataset, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def month_starts(start_year: int, years: int) -> list[np.datetime64]:
-    return [np.datetime64(f"{start_year + i // 12}-{i % 12 + 1:02d}-01T00:00") for i in range(12 * years + 1)]
+def month_starts(start_year: int, months: int) -> list[np.datetime64]:
+    """The first instants of `months` consecutive months, and of the month after them."""
+    return [np.datetime64(f"{start_year + i // 12}-{i % 12 + 1:02d}-01T00:00") for i in range(months + 1)]
 
 
 def generate_world(out_dir: str | Path, run: WorldRun = WorldRun(), progress: bool = True) -> list[Path]:
-    """Simulate `run.years` years and write monthly CDS-layout NetCDF files into `out_dir`.
+    """Simulate `run.total_months` months and write monthly CDS-layout NetCDF files into `out_dir`.
 
     Also writes `restart/state_YYYYMMDDTHH.npz` (the spectral model state at each month start)
     so that a physics ensemble can start from any date without rerunning the history.
@@ -228,7 +236,7 @@ def generate_world(out_dir: str | Path, run: WorldRun = WorldRun(), progress: bo
     out = Path(out_dir)
     (out / "restart").mkdir(parents=True, exist_ok=True)
     world = World(run.physics)
-    months = month_starts(run.start_year, run.years)
+    months = month_starts(run.start_year, run.total_months)
     state, target = world.spunup_state(run.seed, months[0])
     written = [out / "era5_world_static.nc"]
     write_netcdf_atomic(static_dataset(world.diagnoser, months[0]), written[0])

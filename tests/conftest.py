@@ -1,0 +1,42 @@
+"""Shared fixtures. The expensive ones (a two-year world, a Prefect server) are session-scoped."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+ANCHORS = Path(__file__).resolve().parents[2] / "shared" / "anchors"
+
+
+def pytest_configure(config):
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    if not REAL.is_dir():
+        pytest.fail(f"shared test data not found at {REAL}: the repository must sit beside shared/")
+    return REAL
+
+
+@pytest.fixture(scope="session")
+def world_two_years(tmp_path_factory) -> Path:
+    """Two simulated years (2000-2001) of the built-in world, default seed."""
+    from forecast.world import WorldRun, generate_world
+
+    out = tmp_path_factory.mktemp("world2y")
+    generate_world(out, WorldRun(years=2, seed=0), progress=False)
+    return out
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    """sha256 of every file under a directory: a byte-level snapshot of a store."""
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
