@@ -60,8 +60,10 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         errors = []
         for option in typing.get_args(hint):
-            if option is type(None) and value is None:
-                return None
+            if option is type(None):
+                if value is None:
+                    return None
+                continue
             try:
                 return _check_type(value, option, where)
             except ConfigError as e:

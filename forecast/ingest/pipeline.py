@@ -75,6 +75,29 @@ def expand_sources(sources: Sequence[str | Path]) -> list[str]:
     return out
 
 
+def group_sources(locations: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """Group files by the year-month in their names (YYYYMM), in time order.
+
+    Files of one month (pressure-level and single-level, say) must go in together, as every
+    time step needs all channels. Undated files (static fields) join the first group.
+    """
+    import re
+
+    dated: dict[str, list[str]] = {}
+    undated: list[str] = []
+    for loc in locations:
+        m = re.search(r"(?<!\d)((?:19|20)\d{2})[-_]?(0[1-9]|1[0-2])(?!\d)", Path(loc).name)
+        if m:
+            dated.setdefault(m.group(1) + m.group(2), []).append(loc)
+        else:
+            undated.append(loc)
+    groups = [(k, dated[k]) for k in sorted(dated)]
+    if not groups:
+        return [("all", undated)] if undated else []
+    groups[0] = (groups[0][0], undated + groups[0][1])
+    return groups
+
+
 def _pieces(sources: list[Source]) -> tuple[dict[str, list[Piece]], dict[str, Piece]]:
     fields: dict[str, list[Piece]] = {}
     statics: dict[str, Piece] = {}

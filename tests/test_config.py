@@ -1,0 +1,32 @@
+"""Configuration files are validated on load."""
+
+from __future__ import annotations
+
+import pytest
+
+from forecast.config import CONFIG_DIR, ConfigError, DemoConfig, IngestConfig, load
+
+
+def test_shipped_configs_load():
+    demo = load(DemoConfig, CONFIG_DIR / "demo.yaml")
+    assert demo.world.years >= 1 and demo.ingest.time_step_hours == 6
+    era5 = load(IngestConfig, CONFIG_DIR / "ingest-era5-1deg.yaml")
+    assert era5.grid == "1.0" and "z500" in era5.channels
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("world: {yeras: 2}", r"unknown keys \['yeras'\]"),
+        ("world: {years: two}", r"world.years: expected int, got 'two'"),
+        ("world: {years: 0}", r"world.years must be >= 1"),
+        ("ingest: {time_step_hours: 5}", r"must divide 24"),
+        ("ingest: {channels: z500}", r"ingest.channels: expected a list"),
+        ("- 1\n- 2", r"top level must be a mapping"),
+    ],
+)
+def test_bad_configs_are_refused_with_the_key_named(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load(DemoConfig, path)
