@@ -189,8 +189,9 @@ class Archive:
                 sync(store.delete(key))
 
     def append(self, times: np.ndarray, blocks: Iterable[np.ndarray], sources: list[dict]) -> int:
-        """Append time steps transactionally. `blocks` yields (channel, lat, lon) float32 arrays,
-        one per time; it may raise to abort (the archive then rolls back). Returns steps added."""
+        """Append time steps transactionally. `blocks` yields float32 arrays of consecutive
+        time steps, (steps, channel, lat, lon); it may raise to abort (the archive then rolls
+        back). Returns the number of steps added."""
         n = self.committed
         k = len(times)
         if k == 0:
@@ -201,11 +202,14 @@ class Archive:
         self.group["time"].resize((n + k,))
         written = 0
         try:
-            for i, block in enumerate(blocks):
-                if block.shape != expected:
-                    raise ArchiveError(f"block {i} has shape {block.shape}, archive expects {expected}")
-                self.fields[n + i] = block
-                written += 1
+            for block in blocks:
+                if block.shape[1:] != expected or written + len(block) > k:
+                    raise ArchiveError(
+                        f"block of shape {block.shape} at step {written} does not fit {k} steps of {expected}"
+                    )
+                # One setitem per block: zarr writes its chunks concurrently.
+                self.fields[n + written : n + written + len(block)] = block
+                written += len(block)
             if written != k:
                 raise ArchiveError(f"expected {k} time steps, got {written}")
             # Written last, so that a rollback finds the time chunk as it was.

@@ -17,9 +17,8 @@ def _cmd_world(args: argparse.Namespace) -> int:
     from forecast.world import WorldRun, generate_world
 
     start = time.perf_counter()
-    paths = generate_world(
-        args.out, WorldRun(years=args.years, seed=args.seed, start_year=args.start_year), progress=not args.quiet
-    )
+    run = WorldRun(years=args.years, seed=args.seed, start_year=args.start_year, months=args.months)
+    paths = generate_world(args.out, run, progress=not args.quiet)
     print(f"wrote {len(paths)} files to {args.out} in {time.perf_counter() - start:.1f} s")
     return 0
 
@@ -80,9 +79,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     world_dir, archive = out / "world", out / "archive.zarr"
     t0 = time.perf_counter()
+    w = cfg.world
     generate_world(
         world_dir,
-        WorldRun(years=cfg.world.years, seed=cfg.world.seed, start_year=cfg.world.start_year),
+        WorldRun(years=w.years, seed=w.seed, start_year=w.start_year, months=w.months),
         progress=not args.quiet,
     )
     t1 = time.perf_counter()
@@ -95,7 +95,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     t2 = time.perf_counter()
-    print(f"world: {cfg.world.years} year(s) simulated into {world_dir} in {t1 - t0:.1f} s")
+    span = f"{w.months} month(s)" if w.months else f"{w.years} year(s)"
+    print(f"world: {span} simulated into {world_dir} in {t1 - t0:.1f} s")
     print(f"ingest: {report.summary()} in {t2 - t1:.1f} s")
     print(describe(str(archive)))
     print("demo: stops after ingest for now; training, ensembles and diagnostics join as they land.")

@@ -27,10 +27,13 @@ class WorldConfig:
     years: int = 1
     seed: int = 0
     start_year: int = 2000
+    months: int | None = None  # a run shorter than a year (overrides years)
 
     def __post_init__(self):
         if self.years < 1:
             raise ConfigError(f"world.years must be >= 1, got {self.years}")
+        if self.months is not None and self.months < 1:
+            raise ConfigError(f"world.months must be >= 1, got {self.months}")
 
 
 @dataclasses.dataclass(frozen=True)

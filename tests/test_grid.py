@@ -39,7 +39,9 @@ def test_identity_on_the_same_grid():
     np.testing.assert_allclose(ConservativeRegridder(g, g)(f), f, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("src, dst", [((73, 144), (33, 64)), ((33, 64), (73, 144)), ((181, 360), (19, 36))])
+@pytest.mark.parametrize(
+    "src, dst", [((73, 144), (33, 64)), ((33, 64), (73, 144)), ((181, 360), (19, 36)), ((721, 1440), (33, 64))]
+)
 def test_regridding_keeps_area_means_and_bounds(src, dst):
     s, d = equiangular(*src), equiangular(*dst)
     f = np.random.default_rng(1).standard_normal(src).astype(np.float32) + 3.0

@@ -169,3 +169,18 @@ def test_archive_made_with_a_grid_regrids_later_sources_too(tmp_path):
     ds = open_archive(str(tmp_path / "g.zarr"))
     assert ds.sizes["time"] == 4 and ds.sizes["lat"] == 5 and ds.sizes["lon"] == 8
     assert "conservative" in ds.attrs["regridding"]
+
+
+def test_legacy_expver_dimension_is_combined(tmp_path):
+    """Old CDS files mixing ERA5 (expver 1) and ERA5T (expver 5): each time is in one of them."""
+    times = six_hourly("2020-01-01T00", 4).astype("datetime64[ns]")
+    values = np.full((4, 2, 5, 8), np.nan, np.float32)
+    values[:2, 0] = 1000.0 + np.arange(2)[:, None, None]
+    values[2:, 1] = 2000.0 + np.arange(2)[:, None, None]
+    xr.Dataset(
+        {"msl": (("time", "expver", "latitude", "longitude"), values, {"units": "Pa"})},
+        coords={"time": times, "expver": [1, 5], "latitude": np.linspace(90, -90, 5), "longitude": np.arange(8) * 45.0},
+    ).to_netcdf(tmp_path / "mix.nc")
+    ingest([tmp_path / "mix.nc"], tmp_path / "a.zarr", progress=False)
+    got = open_archive(str(tmp_path / "a.zarr")).fields.sel(channel="msl").values[:, 0, 0]
+    np.testing.assert_array_equal(got, [1000.0, 1001.0, 2000.0, 2001.0])

@@ -24,7 +24,9 @@ from forecast.grid import ConservativeRegridder, LatLonGrid, covers_globe, parse
 from forecast.ingest.sources import IngestError, Source, open_source
 
 log = logging.getLogger(__name__)
-BATCH = 8  # time steps read per source per request
+# Time steps read per source request and written per zarr call: as many as fit in this many
+# bytes of all channels (at least 1), so a 0.25-degree archive reads a step or two at a time.
+BATCH_BYTES = 64 * 2**20
 
 
 @dataclasses.dataclass
@@ -357,7 +359,7 @@ def ingest(
     ]
 
     if len(times):
-        blocks = _blocks(times, wanted, fields, indices, regridders, progress)
+        blocks = _blocks(times, wanted, fields, indices, regridders, target.shape, progress)
         existing.append(times, blocks, provenance)
         log.info("appended %d time steps to %s", len(times), archive)
     else:
@@ -375,12 +377,13 @@ def ingest(
     )
 
 
-def _blocks(times, channels, fields, indices, regridders, progress) -> Iterator[np.ndarray]:
-    """Yield (channel, lat, lon) blocks in time order, reading each source in batches."""
+def _blocks(times, channels, fields, indices, regridders, grid_shape, progress) -> Iterator[np.ndarray]:
+    """Yield (steps, channel, lat, lon) blocks in time order, reading each source in batches."""
+    batch_size = max(1, BATCH_BYTES // (4 * len(channels) * grid_shape[0] * grid_shape[1]))
     bar = tqdm(total=len(times), desc="ingest", unit="step", disable=not progress)
-    for start in range(0, len(times), BATCH):
-        batch = times[start : start + BATCH]
-        out = None
+    for start in range(0, len(times), batch_size):
+        batch = times[start : start + batch_size]
+        out = np.empty((len(batch), len(channels), *grid_shape), np.float32)
         for c, ch in enumerate(channels):
             by_piece: dict[int, list[tuple[int, int]]] = {}
             for b, t in enumerate(batch):
@@ -391,16 +394,14 @@ def _blocks(times, channels, fields, indices, regridders, progress) -> Iterator[
                 values = np.asarray(piece.data.isel(time=[j for _, j in pairs]).values, dtype=np.float32)
                 if id(piece) in regridders:
                     values = regridders[id(piece)](values)
-                if out is None:
-                    out = np.empty((len(batch), len(channels), *values.shape[-2:]), np.float32)
-                for k, (b, _) in enumerate(pairs):
-                    if not np.all(np.isfinite(values[k])):
-                        bad = int(np.count_nonzero(~np.isfinite(values[k])))
-                        raise IngestError(
-                            piece.file, piece.variable, f"{bad} NaN/inf values at {batch[b]} (channel {ch})"
-                        )
-                    out[b, c] = values[k]
-        for b in range(len(batch)):
-            yield out[b]
-            bar.update(1)
+                finite = np.isfinite(values).all(axis=(-2, -1))
+                if not finite.all():
+                    k = int(np.argmin(finite))
+                    bad = int(np.count_nonzero(~np.isfinite(values[k])))
+                    raise IngestError(
+                        piece.file, piece.variable, f"{bad} NaN/inf values at {batch[pairs[k][0]]} (channel {ch})"
+                    )
+                out[[b for b, _ in pairs], c] = values
+        yield out
+        bar.update(len(batch))
     bar.close()

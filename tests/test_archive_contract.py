@@ -1,0 +1,66 @@
+"""`forecast world` then `forecast ingest` gives an archive that meets DESIGN §2.1; a second
+ingest is a no-op; the demo runs end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+import zarr
+from conftest import tree_digest
+
+from forecast.archive import Archive, open_archive
+from forecast.cli import main
+
+
+def test_world_archive_meets_the_contract(world_two_years, tmp_path, capsys):
+    archive = tmp_path / "world.zarr"
+    assert main(["-q", "ingest", str(world_two_years), "--archive", str(archive)]) == 0
+    group = zarr.open_group(str(archive), mode="r")
+    fields = group["fields"]
+    assert fields.dtype == np.float32
+    assert fields.metadata.dimension_names == ("time", "channel", "lat", "lon")
+    assert fields.chunks == (1, *fields.shape[1:])  # one chunk per time step, whole globe
+    assert group.metadata.zarr_format == 3
+
+    ds = open_archive(str(archive))
+    n_steps = (np.datetime64("2002-01-01T00") - np.datetime64("2000-01-01T00")) // np.timedelta64(6, "h")
+    assert ds.sizes["time"] == n_steps
+    assert np.all(np.diff(ds.time.values) == np.timedelta64(6, "h"))
+    assert ds.sizes["channel"] == 21 and {"z500", "t850", "u10m", "t2m", "msl", "tcwv"} <= set(ds.channel.values)
+    assert ds.lat.values[0] == 90.0 and ds.lat.values[-1] == -90.0 and np.all(np.diff(ds.lat.values) < 0)
+    assert ds.lon.values[0] == 0.0 and np.all(np.diff(ds.lon.values) > 0)
+    assert {"orography", "land_sea_mask", "mean", "std", "diff_std"} <= set(ds.data_vars)
+    static = xr.open_dataset(world_two_years / "era5_world_static.nc")
+    np.testing.assert_allclose(ds.orography.values, static.z.isel(valid_time=0).values / 9.80665, rtol=1e-6)
+    attrs = Archive.open(str(archive)).attrs
+    assert attrs["statistics"]["time_steps"] == n_steps
+    assert len(attrs["sources"]) == 49 and all(s["checksum"].startswith("sha256:") for s in attrs["sources"])
+    assert {"forecast", "zarr", "xarray"} <= set(attrs["software"])
+    assert attrs["grid"].startswith("33x64")
+    # Values are the source's, bit for bit (the world grid is the archive grid).
+    src = xr.open_dataset(world_two_years / "era5_world_sfc_200107.nc")
+    np.testing.assert_array_equal(ds.fields.sel(channel="msl", time=src.valid_time.values).values, src.msl.values)
+    # Statistics are physically sensible: z500 about 5 km, diff_std well below std.
+    i = list(ds.channel.values).index("z500")
+    assert 45_000 < ds["mean"].values[i] < 56_000 and ds["diff_std"].values[i] < ds["std"].values[i]
+
+    before = tree_digest(archive)
+    capsys.readouterr()
+    assert main(["-q", "ingest", str(world_two_years), "--archive", str(archive)]) == 0
+    assert "added 0 time steps" in capsys.readouterr().out
+    assert tree_digest(archive) == before
+
+
+def test_cli_reports_bad_input_with_exit_code_2(real_data, tmp_path, capsys):
+    code = main(["-q", "ingest", str(real_data / "cfgrib" / "reduced_gg.grib"), "--archive", str(tmp_path / "a")])
+    assert code == 2
+    assert "reduced_gg.grib: variable '10u': is on a reduced" in capsys.readouterr().err
+
+
+def test_demo_runs_world_then_ingest(tmp_path, capsys):
+    config = tmp_path / "demo.yaml"
+    config.write_text("world: {months: 1, seed: 3}\ningest: {time_step_hours: 6}\n")
+    assert main(["-q", "demo", "--out", str(tmp_path / "out"), "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "added 124 time steps" in out
+    assert open_archive(str(tmp_path / "out" / "archive.zarr")).sizes["time"] == 124
