@@ -28,6 +28,7 @@ from zarr.core.sync import sync
 
 from forecast import __version__
 from forecast.grid import LatLonGrid, cell_area_weights
+from forecast.moments import Moments
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,7 @@ class Archive:
         if k == 0:
             return 0
         expected = self.fields.shape[1:]
+        moments = self._running_moments()
         self._delete_chunks_from(n)
         self.fields.resize((n + k, *expected))
         self.group["time"].resize((n + k,))
@@ -210,6 +212,8 @@ class Archive:
                 # One setitem per block: zarr writes its chunks concurrently.
                 self.fields[n + written : n + written + len(block)] = block
                 written += len(block)
+                if moments is not None:
+                    moments.add(block)
             if written != k:
                 raise ArchiveError(f"expected {k} time steps, got {written}")
             # Written last, so that a rollback finds the time chunk as it was.
@@ -224,6 +228,12 @@ class Archive:
                 "last_ingest": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             }
         )
+        # Statistics follow the commit; a crash in between leaves them marked stale
+        # (their `committed_times` differs), and the next ingest recomputes them.
+        if moments is not None:
+            self._store_statistics(moments, 0, n + k)
+        else:
+            self.compute_statistics()
         return k
 
     def rollback(self, n: int) -> None:
@@ -254,12 +264,70 @@ class Archive:
     def statistics_are_current(self) -> bool:
         return "mean" in self.group and self.attrs.get("statistics", {}).get("committed_times") == self.committed
 
-    def compute_statistics(self, start: str | None = None, end: str | None = None, batch: int = 64) -> dict:
-        """Area-weighted per-channel mean and std, and std of differences over one time step.
+    def _weights(self) -> np.ndarray:
+        w = cell_area_weights(self.grid.lat)[:, None] * np.ones(self.grid.shape[1])
+        return w / w.sum()
 
-        Accumulated in float64 over the committed steps in [start, end] (default: all), one
-        batch of time steps at a time, and stored as arrays `mean`, `std`, `diff_std`.
-        """
+    def _running_moments(self) -> Moments | None:
+        """Sums to continue from on append: empty for a new archive, the stored ones when they
+        cover the whole (current) archive, else None (the caller recomputes)."""
+        n = self.committed
+        if n == 0:
+            return Moments.empty(self._weights(), len(self.channels))
+        info = self.attrs.get("statistics", {})
+        if not (self.statistics_are_current() and info.get("whole_archive") and "statistics_sums" in self.group):
+            return None
+        return Moments(
+            weights=self._weights(),
+            sums=np.asarray(self.group["statistics_sums"][:]),
+            count=int(info["time_steps"]),
+            diff_count=int(info["diff_count"]),
+            last=np.asarray(self.fields[n - 1]),
+        )
+
+    def _store_statistics(self, moments: Moments, lo: int, hi: int) -> dict:
+        result = moments.result()
+        c = len(self.channels)
+        descriptions = {
+            "mean": "area-weighted mean",
+            "std": "area-weighted standard deviation",
+            "diff_std": f"standard deviation of {self.time_step_hours}-hour differences",
+        }
+        for name, desc in descriptions.items():
+            if name in self.group:
+                del self.group[name]
+            arr = self.group.create_array(
+                name, shape=(c,), dtype="float64", dimension_names=["channel"], attributes={"long_name": desc}
+            )
+            arr[:] = result[name]
+        if "statistics_sums" in self.group:
+            del self.group["statistics_sums"]
+        sums = self.group.create_array(
+            "statistics_sums",
+            shape=(4, c),
+            dtype="float64",
+            dimension_names=["moment", "channel"],
+            attributes={"long_name": "running sums of area means: x, x**2, dx, dx**2"},
+        )
+        sums[:] = moments.sums
+        times = self.group["time"]
+        info = {
+            "period_start": str(from_hours(times[lo])),
+            "period_end": str(from_hours(times[hi - 1])),
+            "time_steps": hi - lo,
+            "diff_count": moments.diff_count,
+            "whole_archive": lo == 0 and hi == self.committed,
+            "committed_times": self.committed,
+            "diff_hours": self.time_step_hours,
+            "weights": "cell area (sin of cell edges)",
+        }
+        self.group.attrs.update({"statistics": info})
+        return {**result, **info}
+
+    def compute_statistics(self, start: str | None = None, end: str | None = None, batch: int = 64) -> dict:
+        """Area-weighted per-channel mean and std, and std of differences over one time step,
+        over the committed steps in [start, end] (default: all), read batch by batch.
+        Stored as arrays `mean`, `std`, `diff_std`, with the period in the attributes."""
         times = self.times
         if len(times) == 0:
             raise ArchiveError(f"{self.location}: no committed time steps to compute statistics from")
@@ -267,51 +335,10 @@ class Archive:
         hi = len(times) if end is None else int(np.searchsorted(times, np.datetime64(end, "h"), side="right"))
         if hi - lo < 1:
             raise ArchiveError(f"{self.location}: no time steps between {start} and {end}")
-        w = cell_area_weights(self.grid.lat)[:, None] * np.ones(self.grid.shape[1])
-        w = w / w.sum()
-        c = len(self.channels)
-        s1, s2, d1, d2 = (np.zeros(c) for _ in range(4))
-        count = dcount = 0
-        prev = None
+        moments = Moments.empty(self._weights(), len(self.channels))
         for i in range(lo, hi, batch):
-            x = self.fields[i : min(i + batch, hi)].astype(np.float64)
-            s1 += np.einsum("tcij,ij->c", x, w)
-            s2 += np.einsum("tcij,ij->c", x * x, w)
-            count += len(x)
-            full = x if prev is None else np.concatenate([prev, x])
-            d = np.diff(full, axis=0)
-            d1 += np.einsum("tcij,ij->c", d, w)
-            d2 += np.einsum("tcij,ij->c", d * d, w)
-            dcount += len(d)
-            prev = x[-1:]
-        mean = s1 / count
-        std = np.sqrt(np.maximum(s2 / count - mean**2, 0.0))
-        if dcount:
-            dmean = d1 / dcount
-            diff_std = np.sqrt(np.maximum(d2 / dcount - dmean**2, 0.0))
-        else:  # one time step: no differences to take
-            diff_std = np.full(c, np.nan)
-        for name, values, desc in (
-            ("mean", mean, "area-weighted mean"),
-            ("std", std, "area-weighted standard deviation"),
-            ("diff_std", diff_std, f"standard deviation of {self.time_step_hours}-hour differences"),
-        ):
-            if name in self.group:
-                del self.group[name]
-            arr = self.group.create_array(
-                name, shape=(c,), dtype="float64", dimension_names=["channel"], attributes={"long_name": desc}
-            )
-            arr[:] = values
-        info = {
-            "period_start": str(times[lo]),
-            "period_end": str(times[hi - 1]),
-            "time_steps": hi - lo,
-            "committed_times": self.committed,
-            "diff_hours": self.time_step_hours,
-            "weights": "cell area (sin of cell edges)",
-        }
-        self.group.attrs.update({"statistics": info})
-        return {"mean": mean, "std": std, "diff_std": diff_std, **info}
+            moments.add(self.fields[i : min(i + batch, hi)])
+        return self._store_statistics(moments, lo, hi)
 
 
 def open_archive(location: str, storage_options: dict | None = None) -> xr.Dataset:
@@ -331,7 +358,7 @@ def open_archive(location: str, storage_options: dict | None = None) -> xr.Datas
             {"fields": (("time", "channel", "lat", "lon"), da.from_zarr(archive.fields)[:n])},
             coords={"time": ("time", archive.group["time"][:n], archive.group["time"].attrs.asdict())},
         )
-        for name in STATIC_NAMES + ("mean", "std", "diff_std"):
+        for name in STATIC_NAMES + ("mean", "std", "diff_std", "statistics_sums"):
             if name in archive.group:
                 arr = archive.group[name]
                 ds[name] = (tuple(arr.metadata.dimension_names), arr[:], arr.attrs.asdict())

@@ -184,3 +184,13 @@ def test_legacy_expver_dimension_is_combined(tmp_path):
     ingest([tmp_path / "mix.nc"], tmp_path / "a.zarr", progress=False)
     got = open_archive(str(tmp_path / "a.zarr")).fields.sel(channel="msl").values[:, 0, 0]
     np.testing.assert_array_equal(got, [1000.0, 1001.0, 2000.0, 2001.0])
+
+
+def test_statistics_updated_on_append_equal_a_full_recomputation(base, tmp_path):
+    ingest([write_cds(tmp_path / "next.nc", six_hourly("2020-01-03T00", 6), seed=9)], base, progress=False)
+    ds = open_archive(str(base))
+    assert ds.attrs["statistics"]["whole_archive"] and ds.attrs["statistics"]["time_steps"] == 14
+    running = {k: ds[k].values.copy() for k in ("mean", "std", "diff_std")}
+    full = Archive.open(str(base), mode="r+").compute_statistics()
+    for k, v in running.items():
+        np.testing.assert_allclose(v, full[k], rtol=1e-10)
