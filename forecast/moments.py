@@ -23,19 +23,27 @@ class Moments:
     def empty(cls, weights: np.ndarray, channels: int) -> Moments:
         return cls(weights=weights, sums=np.zeros((4, channels)))
 
-    def add(self, x: np.ndarray) -> None:
-        """Fold in consecutive steps (time, channel, lat, lon) that follow `last`."""
-        x = np.asarray(x, dtype=np.float64)
-        w = self.weights
-        self.sums[0] += np.einsum("tcij,ij->c", x, w)
-        self.sums[1] += np.einsum("tcij,ij->c", x * x, w)
-        self.count += len(x)
-        full = x if self.last is None else np.concatenate([self.last[None], x])
-        d = np.diff(full, axis=0)
-        self.sums[2] += np.einsum("tcij,ij->c", d, w)
-        self.sums[3] += np.einsum("tcij,ij->c", d * d, w)
-        self.diff_count += len(d)
-        self.last = x[-1]
+    def add(self, x: np.ndarray, piece: int = 16) -> None:
+        """Fold in consecutive steps (time, channel, lat, lon) that follow `last`.
+
+        Works through `piece` steps at a time: small float64 temporaries are recycled by the
+        allocator, where block-sized ones cost more in fresh pages than in arithmetic."""
+        c = x.shape[1]
+        w = self.weights.reshape(-1).astype(np.float64)
+        for start in range(0, len(x), piece):
+            part = np.asarray(x[start : start + piece])
+            flat = part.reshape(len(part), c, -1).astype(np.float64)
+            # Area means as matrix-vector products (BLAS), squares and differences in float64.
+            self.sums[0] += (flat @ w).sum(axis=0)
+            self.sums[1] += (np.square(flat) @ w).sum(axis=0)
+            self.count += len(part)
+            if self.last is not None:
+                flat = np.concatenate([np.asarray(self.last, np.float64).reshape(1, c, -1), flat])
+            d = np.diff(flat, axis=0)
+            self.sums[2] += (d @ w).sum(axis=0)
+            self.sums[3] += (np.square(d) @ w).sum(axis=0)
+            self.diff_count += len(d)
+            self.last = np.array(part[-1])  # a copy: the caller may reuse its buffer
 
     def result(self) -> dict[str, np.ndarray]:
         mean = self.sums[0] / self.count

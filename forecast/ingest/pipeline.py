@@ -22,21 +22,24 @@ from tqdm.auto import tqdm
 from forecast import vocabulary
 from forecast.archive import Archive
 from forecast.grid import ConservativeRegridder, LatLonGrid, covers_globe, parse_grid
-from forecast.ingest.sources import IngestError, Source, open_source
+from forecast.ingest.sources import IngestError, Source, open_source, read_values
 
 log = logging.getLogger(__name__)
 # Time steps read per source request and written per zarr call: as many as fit in this many
 # bytes of all channels (at least 1), so a 0.25-degree archive reads a step or two at a time.
-BATCH_BYTES = 64 * 2**20
+BATCH_BYTES = 32 * 2**20
 
 
 @dataclasses.dataclass
 class Piece:
-    """One channel's data from one source: (time, lat, lon), lazily loaded."""
+    """One channel's data in one source: `variable` (lazy, (time, [level,] lat, lon)) at
+    `level_index` for pressure-level channels. Channels of one variable share its array,
+    so a batch reads each variable once for all its levels."""
 
     file: str
     variable: str
     data: xr.DataArray
+    level_index: int | None = None
 
     @property
     def grid(self) -> LatLonGrid:
@@ -111,11 +114,9 @@ def _pieces(sources: list[Source]) -> tuple[dict[str, list[Piece]], dict[str, Pi
                 if v.kind == "static":
                     statics[v.channel] = Piece(src.location, da.attrs["source_name"], da.isel(time=0))
                 elif v.kind == "pressure":
-                    for level in da["level"].values:
+                    for k, level in enumerate(da["level"].values):
                         ch = vocabulary.channel_name(v, float(level))
-                        fields.setdefault(ch, []).append(
-                            Piece(src.location, da.attrs["source_name"], da.sel(level=level, drop=True))
-                        )
+                        fields.setdefault(ch, []).append(Piece(src.location, da.attrs["source_name"], da, k))
                 else:
                     fields.setdefault(v.channel, []).append(Piece(src.location, da.attrs["source_name"], da))
     return fields, statics
@@ -340,7 +341,7 @@ def ingest(
             },
         )
     for name, p in statics.items():
-        values = np.asarray(p.data.values, dtype=np.float32)
+        values = read_values(p.data)
         if id(p) in regridders:
             values = regridders[id(p)](values)
         if name == "orography":
@@ -378,9 +379,11 @@ def ingest(
     )
 
 
-def _read_batch(batch, channels, fields, indices, regridders, grid_shape) -> np.ndarray:
-    """Read, regrid and check one batch of consecutive steps: (steps, channel, lat, lon)."""
-    out = np.empty((len(batch), len(channels), *grid_shape), np.float32)
+def _read_batch(batch, channels, fields, indices, regridders, buffer: np.ndarray) -> np.ndarray:
+    """Read, regrid and check one batch of consecutive steps into `buffer`; returns the filled
+    (steps, channel, lat, lon) view."""
+    out = buffer[: len(batch)]
+    loaded: dict[tuple, np.ndarray] = {}  # one read per source variable and time selection
     for c, ch in enumerate(channels):
         by_piece: dict[int, list[tuple[int, int]]] = {}
         for b, t in enumerate(batch):
@@ -389,9 +392,12 @@ def _read_batch(batch, channels, fields, indices, regridders, grid_shape) -> np.
         for p_i, pairs in by_piece.items():
             piece = fields[ch][p_i]
             js = [j for _, j in pairs]
-            # A contiguous slice reads far faster than a list of indices from NetCDF.
-            sel = slice(js[0], js[-1] + 1) if js == list(range(js[0], js[-1] + 1)) else js
-            values = np.asarray(piece.data.isel(time=sel).values, dtype=np.float32)
+            key = (id(piece.data), js[0], js[-1], len(js))
+            if key not in loaded:
+                # A contiguous slice reads far faster than a list of indices from NetCDF.
+                sel = slice(js[0], js[-1] + 1) if js == list(range(js[0], js[-1] + 1)) else js
+                loaded[key] = read_values(piece.data.isel(time=sel))
+            values = loaded[key] if piece.level_index is None else loaded[key][:, piece.level_index]
             if id(piece) in regridders:
                 values = regridders[id(piece)](values)
             finite = np.isfinite(values).all(axis=(-2, -1))
@@ -407,16 +413,24 @@ def _read_batch(batch, channels, fields, indices, regridders, grid_shape) -> np.
 
 def _blocks(times, channels, fields, indices, regridders, grid_shape, progress) -> Iterator[np.ndarray]:
     """Yield (steps, channel, lat, lon) blocks in time order. The next batch is read in a
-    background thread while the archive writes the current one (I/O and codecs release the GIL)."""
+    background thread while the archive writes the current one (I/O and codecs release the GIL),
+    into one of two buffers used in turn: fresh memory for every batch costs more in page
+    faults than the copying itself."""
     batch_size = max(1, BATCH_BYTES // (4 * len(channels) * grid_shape[0] * grid_shape[1]))
     batches = [times[i : i + batch_size] for i in range(0, len(times), batch_size)]
+    buffers = [np.empty((min(batch_size, len(times)), len(channels), *grid_shape), np.float32) for _ in range(2)]
     bar = tqdm(total=len(times), desc="ingest", unit="step", disable=not progress)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(_read_batch, batches[0], channels, fields, indices, regridders, grid_shape)
+
+        def read(i: int):
+            return pool.submit(_read_batch, batches[i], channels, fields, indices, regridders, buffers[i % 2])
+
+        pending = read(0)
         for i in range(len(batches)):
             block = pending.result()
             if i + 1 < len(batches):
-                pending = pool.submit(_read_batch, batches[i + 1], channels, fields, indices, regridders, grid_shape)
+                # The consumer is done with batch i - 1, whose buffer this read refills.
+                pending = read(i + 1)
             yield block
             bar.update(len(block))
     bar.close()

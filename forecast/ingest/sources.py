@@ -219,34 +219,48 @@ def _identify(name: str, da: xr.DataArray, has_level: bool) -> tuple[Variable | 
     return None, False
 
 
-def _convert_units(da: xr.DataArray, v: Variable, height: bool, file: str, name: str) -> xr.DataArray:
+def _unit_conversion(da: xr.DataArray, v: Variable, height: bool, file: str, name: str) -> tuple[float, float]:
+    """(scale, offset) taking the source's units to the vocabulary's, or a clear refusal.
+
+    Returned rather than applied, so that the data stay lazy until ingest reads a batch."""
     units = _units(da)
     low = units.lower().replace(" ", "")
     if v.short in ("z", "z_surface"):
         if height:
-            return da * GRAVITY
+            return GRAVITY, 0.0
         if low in ("m**2s**-2", "m2s-2", "m^2/s^2", "m2/s2", "m^2s^-2", "m**2/s**2"):
-            return da
+            return 1.0, 0.0
         raise IngestError(
             file, name, f"geopotential has units {units!r}; expected m**2 s**-2 (or metres for geopotential height)"
         )
     if v.short in ("msl", "sp"):
         if low in PA_UNITS:
-            return da
+            return 1.0, 0.0
         if low in HPA_UNITS:
-            return da * 100.0
+            return 100.0, 0.0
         raise IngestError(file, name, f"pressure has units {units!r}; expected Pa or hPa")
     if v.units == "K":
         if low in ("k", "kelvin", "degk"):
-            return da
+            return 1.0, 0.0
         if low in ("degc", "celsius", "°c", "c", "degrees_celsius"):
-            return da + 273.15
+            return 1.0, 273.15
         raise IngestError(file, name, f"temperature has units {units!r}; expected K or degC")
     if v.units == "m s**-1" and low not in ("ms**-1", "m/s", "ms-1", "m.s-1", "m s-1"):
         raise IngestError(file, name, f"wind has units {units!r}; expected m s**-1")
     if not units and v.units != "1":
         raise IngestError(file, name, f"has no units attribute; expected {v.units}")
-    return da
+    return 1.0, 0.0
+
+
+def read_values(da: xr.DataArray) -> np.ndarray:
+    """Load a canonical variable (or a selection of it) as float32 in the vocabulary's units."""
+    values = np.asarray(da.values, dtype=np.float32)
+    scale, offset = da.attrs["scale"], da.attrs["offset"]
+    if scale != 1.0:
+        values = values * np.float32(scale)
+    if offset != 0.0:
+        values = values + np.float32(offset)
+    return values
 
 
 def _level_values(coord: xr.DataArray, file: str) -> np.ndarray:
@@ -333,9 +347,9 @@ def canonical(ds: xr.Dataset, file: str, member: int = 0) -> xr.Dataset:
             continue
         if v.kind == "pressure" and not has_level:
             raise IngestError(file, name, "pressure-level variable without a pressure level coordinate")
-        da = _convert_units(da, v, height, file, name)
-        da = da.astype(np.float32)
-        da.attrs = {"units": v.units, "source_name": name, "source_file": str(file)}
+        scale, offset = _unit_conversion(da, v, height, file, name)
+        # Lazy: nothing is read here; `read_values` converts when a batch is loaded.
+        da.attrs = {"units": v.units, "source_name": name, "source_file": str(file), "scale": scale, "offset": offset}
         if v.short in out:
             raise IngestError(file, name, f"two variables map to {v.short!r}")
         out[v.short] = da.transpose("time", *(["level"] if has_level else []), "lat", "lon")
