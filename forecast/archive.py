@@ -24,6 +24,7 @@ from importlib import metadata
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from forecast import __version__
@@ -35,6 +36,15 @@ log = logging.getLogger(__name__)
 CONTRACT = "forecast-archive/1"
 TIME_UNITS = "hours since 1970-01-01 00:00:00"
 STATIC_NAMES = ("orography", "land_sea_mask")
+# Shards along time hold up to this many steps and about this many bytes: a year of a 5.625°
+# archive is a dozen objects instead of 1,460 files, while appending to a partly filled shard
+# (which zarr rewrites whole) stays cheap. At 0.25° a step is 87 MB, so shards stay off.
+MAX_SHARD_STEPS = 124
+SHARD_BYTES = 64 * 2**20
+
+
+def shard_steps(step_bytes: int) -> int:
+    return int(max(1, min(MAX_SHARD_STEPS, SHARD_BYTES // max(step_bytes, 1))))
 
 
 class ArchiveError(RuntimeError):
@@ -96,10 +106,12 @@ class Archive:
     ) -> Archive:
         group = zarr.open_group(location, mode="w-", storage_options=storage_options)
         nlat, nlon = grid.shape
+        steps = shard_steps(len(channels) * nlat * nlon * 4)
         group.create_array(
             "fields",
             shape=(0, len(channels), nlat, nlon),
             chunks=(1, len(channels), nlat, nlon),
+            shards=(steps, len(channels), nlat, nlon) if steps > 1 else None,
             dtype="float32",
             fill_value=np.nan,
             dimension_names=["time", "channel", "lat", "lon"],
@@ -176,18 +188,40 @@ class Archive:
         return self.group["fields"]
 
     # -- writing -------------------------------------------------------------------------
+    @property
+    def steps_per_object(self) -> int:
+        """Time steps per stored object of `fields`: the shard length, or 1 without shards."""
+        shards = self.fields.shards
+        return shards[0] if shards else 1
+
+    def _object_key(self, index: int) -> str:
+        prefix = f"{self.group.path + '/' if self.group.path else ''}fields/c/"
+        return f"{prefix}{index}/0/0/0"
+
     def _delete_chunks_from(self, start: int) -> None:
-        """Remove chunk objects of `fields` at time index >= start (left by a crash or rollback)."""
+        """Remove stored objects of `fields` that hold only time indices >= start (left by a
+        crash or a rollback). An object that also holds committed steps is kept."""
         store = self.group.store
         prefix = f"{self.group.path + '/' if self.group.path else ''}fields/c/"
+        per = self.steps_per_object
 
         async def collect():
             return [k async for k in store.list_prefix(prefix)]
 
         for key in sync(collect()):
             index = key[len(prefix) :].split("/")[0]
-            if index.isdigit() and int(index) >= start:
+            if index.isdigit() and int(index) * per >= start:
                 sync(store.delete(key))
+
+    def _boundary_object(self, n: int) -> tuple[str, bytes | None] | None:
+        """The stored object holding both committed steps and room for new ones (a partly
+        filled shard), with its bytes, so that a rollback can put it back exactly."""
+        per = self.steps_per_object
+        if per == 1 or n % per == 0:
+            return None
+        key = self._object_key(n // per)
+        buf = sync(self.group.store.get(key, prototype=default_buffer_prototype()))
+        return key, None if buf is None else buf.to_bytes()
 
     def append(self, times: np.ndarray, blocks: Iterable[np.ndarray], sources: list[dict]) -> int:
         """Append time steps transactionally. `blocks` yields float32 arrays of consecutive
@@ -200,6 +234,7 @@ class Archive:
         expected = self.fields.shape[1:]
         moments = self._running_moments()
         self._delete_chunks_from(n)
+        boundary = self._boundary_object(n)
         self.fields.resize((n + k, *expected))
         self.group["time"].resize((n + k,))
         written = 0
@@ -219,7 +254,7 @@ class Archive:
             # Written last, so that a rollback finds the time chunk as it was.
             self.group["time"][n:] = to_hours(times)
         except BaseException:
-            self.rollback(n)
+            self.rollback(n, boundary)
             raise
         self.group.attrs.update(
             {
@@ -236,11 +271,18 @@ class Archive:
             self.compute_statistics()
         return k
 
-    def rollback(self, n: int) -> None:
-        """Shrink back to the first `n` steps and delete anything written past them."""
+    def rollback(self, n: int, boundary: tuple[str, bytes | None] | None = None) -> None:
+        """Shrink back to the first `n` steps, delete anything written past them and restore
+        the partly committed shard's bytes."""
         self.fields.resize((n, *self.fields.shape[1:]))
         self.group["time"].resize((n,))
         self._delete_chunks_from(n)
+        if boundary is not None:
+            key, data = boundary
+            if data is None:
+                sync(self.group.store.delete(key))
+            else:
+                sync(self.group.store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
 
     def write_static(self, name: str, values: np.ndarray, attrs: dict) -> None:
         if name not in STATIC_NAMES:

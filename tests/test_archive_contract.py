@@ -20,6 +20,7 @@ def test_world_archive_meets_the_contract(world_two_years, tmp_path, capsys):
     assert fields.dtype == np.float32
     assert fields.metadata.dimension_names == ("time", "channel", "lat", "lon")
     assert fields.chunks == (1, *fields.shape[1:])  # one chunk per time step, whole globe
+    assert fields.shards == (124, *fields.shape[1:])  # sharded along time: a month per object
     assert group.metadata.zarr_format == 3
 
     ds = open_archive(str(archive))

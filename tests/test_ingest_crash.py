@@ -19,11 +19,12 @@ from forecast.ingest import ingest
 NLAT, NLON = 91, 180
 
 
-def _chunks_past(archive: Path, start: int) -> int:
+def _objects_past(archive: Path, start: int, per: int) -> int:
+    """Stored objects (shards of `per` steps) of `fields` that hold only steps >= start."""
     root = archive / "fields" / "c"
     if not root.is_dir():
         return 0
-    return sum(1 for p in root.iterdir() if p.name.isdigit() and int(p.name) >= start)
+    return sum(1 for p in root.iterdir() if p.name.isdigit() and int(p.name) * per >= start)
 
 
 def test_sigkill_mid_ingest_then_rerun(tmp_path):
@@ -31,6 +32,8 @@ def test_sigkill_mid_ingest_then_rerun(tmp_path):
     second = write_cds(tmp_path / "second.nc", six_hourly("2021-01-06T00", 800), NLAT, NLON, seed=2)
     archive = tmp_path / "archive.zarr"
     ingest([first], archive, progress=False)
+    per = Archive.open(str(archive)).steps_per_object
+    assert per > 1 and 820 / per > 4  # sharded along time, several shards to write
     committed_before = open_archive(str(archive)).fields.values.copy()
 
     env = dict(
@@ -43,14 +46,15 @@ def test_sigkill_mid_ingest_then_rerun(tmp_path):
         stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 120
-    while _chunks_past(archive, 20) < 40 and proc.poll() is None and time.monotonic() < deadline:
+    while _objects_past(archive, 20, per) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     assert proc.poll() is None, "the ingest finished before it could be killed: make the second file larger"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    written = _chunks_past(archive, 20)
-    assert 40 <= written < 800, written  # killed mid-write, with chunks past the commit on disk
+    written = _objects_past(archive, 20, per)
+    total = -(-820 // per) - 1  # shards past the first, once complete
+    assert 2 <= written < total, (written, total)  # killed mid-write, with data past the commit on disk
 
     # The archive opens and shows exactly the committed steps, unchanged.
     ds = open_archive(str(archive))
@@ -68,4 +72,4 @@ def test_sigkill_mid_ingest_then_rerun(tmp_path):
     np.testing.assert_array_equal(a.time.values, b.time.values)
     np.testing.assert_array_equal(a.fields.values, b.fields.values)
     np.testing.assert_array_equal(a["std"].values, b["std"].values)
-    assert _chunks_past(archive, 820) == 0
+    assert _objects_past(archive, 820, per) == 0
