@@ -194,3 +194,32 @@ def test_statistics_updated_on_append_equal_a_full_recomputation(base, tmp_path)
     full = Archive.open(str(base), mode="r+").compute_statistics()
     for k, v in running.items():
         np.testing.assert_allclose(v, full[k], rtol=1e-10)
+
+
+def test_batches_end_on_shard_boundaries():
+    from forecast.ingest.pipeline import BATCH_BYTES, batch_bounds
+
+    bounds = batch_bounds(1000, BATCH_BYTES // 300, start=20, per_object=124)
+    assert bounds[0] == (0, 104)  # completes the partly filled first shard
+    assert all((20 + e) % 124 == 0 for _, e in bounds[:-1]) and bounds[-1][1] == 1000
+    assert all(b == e_prev for (b, _), (_, e_prev) in zip(bounds[1:], bounds[:-1], strict=True))
+    assert batch_bounds(5, 10**9) == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]  # huge steps: one at a time
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(IngestError, match=r"nope\.nc: no such file"):
+        ingest([tmp_path / "nope.nc"], tmp_path / "a.zarr", progress=False)
+
+
+def test_open_archive_survives_a_crash_between_the_two_resizes(base):
+    """A crash can stop an append after `fields` grew but before `time` did: the archive
+    still opens, with the committed steps only."""
+    import zarr
+
+    expected = open_archive(str(base)).fields.values
+    fields = zarr.open_array(str(base / "fields"), mode="r+")
+    fields.resize((fields.shape[0] + 5, *fields.shape[1:]))
+    ds = open_archive(str(base))
+    assert ds.sizes["time"] == 8 and list(ds.channel.values) == CHANNELS
+    np.testing.assert_array_equal(ds.fields.values, expected)
+    assert "mean" in ds and "orography" not in ds

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from forecast import vocabulary
 from forecast.archive import Archive
 from forecast.grid import ConservativeRegridder, LatLonGrid, covers_globe, parse_grid
-from forecast.ingest.sources import IngestError, Source, open_source, read_values
+from forecast.ingest.sources import IngestError, Source, checksum, open_source, read_values
 
 log = logging.getLogger(__name__)
 # Time steps read per source request and written per zarr call: as many as fit in this many
@@ -242,13 +242,19 @@ def ingest(
 
     opened: list[Source] = []
     skipped_sources: list[str] = []
-    for loc in locations:
-        src = open_source(loc, member=member)
-        if src.checksum in known:
-            log.info("%s: already ingested (checksum %s), skipped", loc, src.checksum[:19])
-            skipped_sources.append(loc)
-            continue
-        opened.append(src)
+    # Checksums (a full read of each file) run in the background while sources are opened.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        digests = {loc: pool.submit(checksum, loc) for loc in locations}
+        for loc in locations:
+            try:
+                digest = digests[loc].result()
+            except FileNotFoundError as e:
+                raise IngestError(loc, None, f"no such file or store ({e})") from e
+            if digest in known:
+                log.info("%s: already ingested (checksum %s), skipped", loc, digest[:19])
+                skipped_sources.append(loc)
+                continue
+            opened.append(open_source(loc, member=member, digest=digest))
     if not opened:
         return IngestReport(archive, 0, skipped_sources, 0, existing.channels if existing else [], None, None)
 
@@ -361,7 +367,8 @@ def ingest(
     ]
 
     if len(times):
-        blocks = _blocks(times, wanted, fields, indices, regridders, target.shape, progress)
+        layout = (existing.committed, existing.steps_per_object)
+        blocks = _blocks(times, wanted, fields, indices, regridders, target.shape, layout, progress)
         existing.append(times, blocks, provenance)
         log.info("appended %d time steps to %s", len(times), archive)
     else:
@@ -411,14 +418,35 @@ def _read_batch(batch, channels, fields, indices, regridders, buffer: np.ndarray
     return out
 
 
-def _blocks(times, channels, fields, indices, regridders, grid_shape, progress) -> Iterator[np.ndarray]:
+def batch_bounds(n_times: int, step_bytes: int, start: int = 0, per_object: int = 1) -> list[tuple[int, int]]:
+    """[begin, end) batches of about BATCH_BYTES that end on the archive's object (shard)
+    boundaries, counted from archive index `start`: zarr then writes each shard once instead
+    of reading back and rewriting shards that two batches share."""
+    size = max(1, BATCH_BYTES // step_bytes)
+    if per_object > 1:
+        size = max(per_object, size // per_object * per_object)
+    bounds, begin = [], 0
+    first = (-start) % per_object if per_object > 1 else 0  # completes a partly filled shard
+    if first:
+        bounds.append((0, min(first, n_times)))
+        begin = bounds[-1][1]
+    while begin < n_times:
+        bounds.append((begin, min(begin + size, n_times)))
+        begin = bounds[-1][1]
+    return bounds
+
+
+def _blocks(
+    times, channels, fields, indices, regridders, grid_shape, layout: tuple[int, int], progress
+) -> Iterator[np.ndarray]:
     """Yield (steps, channel, lat, lon) blocks in time order. The next batch is read in a
     background thread while the archive writes the current one (I/O and codecs release the GIL),
     into one of two buffers used in turn: fresh memory for every batch costs more in page
     faults than the copying itself."""
-    batch_size = max(1, BATCH_BYTES // (4 * len(channels) * grid_shape[0] * grid_shape[1]))
-    batches = [times[i : i + batch_size] for i in range(0, len(times), batch_size)]
-    buffers = [np.empty((min(batch_size, len(times)), len(channels), *grid_shape), np.float32) for _ in range(2)]
+    step_bytes = 4 * len(channels) * grid_shape[0] * grid_shape[1]
+    batches = [times[b:e] for b, e in batch_bounds(len(times), step_bytes, *layout)]
+    longest = max(len(b) for b in batches)
+    buffers = [np.empty((longest, len(channels), *grid_shape), np.float32) for _ in range(2)]
     bar = tqdm(total=len(times), desc="ingest", unit="step", disable=not progress)
     with ThreadPoolExecutor(max_workers=1) as pool:
 

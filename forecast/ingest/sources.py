@@ -370,7 +370,8 @@ def canonical(ds: xr.Dataset, file: str, member: int = 0) -> xr.Dataset:
     return res
 
 
-def open_source(location: str | Path, member: int = 0) -> Source:
+def open_source(location: str | Path, member: int = 0, digest: str | None = None) -> Source:
+    """Open and canonicalise one source; `digest` is its checksum if already computed."""
     location = str(location)
     raw = open_raw(location)
     datasets, missing = [], []
@@ -381,4 +382,4 @@ def open_source(location: str | Path, member: int = 0) -> Source:
             missing.append(e)
     if not datasets:
         raise missing[0]
-    return Source(location=location, datasets=datasets, checksum=checksum(location))
+    return Source(location=location, datasets=datasets, checksum=digest or checksum(location))
