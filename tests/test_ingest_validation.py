@@ -223,3 +223,10 @@ def test_open_archive_survives_a_crash_between_the_two_resizes(base):
     assert ds.sizes["time"] == 8 and list(ds.channel.values) == CHANNELS
     np.testing.assert_array_equal(ds.fields.values, expected)
     assert "mean" in ds and "orography" not in ds
+
+
+def test_failed_first_ingest_leaves_no_archive(tmp_path):
+    src = write_cds(tmp_path / "bad.nc", six_hourly("2020-01-01T00", 4), nan_at=3)
+    with pytest.raises(IngestError, match="NaN"):
+        ingest([src], tmp_path / "new.zarr", progress=False)
+    assert not (tmp_path / "new.zarr").exists()

@@ -144,6 +144,12 @@ def _check_times(channel: str, pieces: list[Piece]) -> dict[np.datetime64, tuple
     return index
 
 
+def _remove_store(location: str, storage_options: dict | None) -> None:
+    fs, path = fsspec.core.url_to_fs(location, **(storage_options or {}))
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
 def _missing_channel_error(channel: str, fields: dict[str, list[Piece]], files: list[str]) -> IngestError:
     v, level = vocabulary.parse_channel(channel)
     same_var = sorted(c for c in fields if vocabulary.parse_channel(c)[0] is v)
@@ -331,7 +337,8 @@ def ingest(
                 f"missing times: archive ends at {have[-1]}, new data start at {times[0]}",
             )
 
-    if existing is None:
+    created = existing is None
+    if created:
         existing = Archive.create(
             archive,
             target,
@@ -346,13 +353,6 @@ def ingest(
                 else f"first-order conservative (forecast.grid) to {target.describe()} where a source grid differs",
             },
         )
-    for name, p in statics.items():
-        values = read_values(p.data)
-        if id(p) in regridders:
-            values = regridders[id(p)](values)
-        if name == "orography":
-            values = values / vocabulary.GRAVITY
-        existing.write_static(name, values, {"source_file": p.file, "units": "m" if name == "orography" else "1"})
 
     provenance = [
         {
@@ -366,13 +366,27 @@ def ingest(
         for s in opened
     ]
 
-    if len(times):
-        layout = (existing.committed, existing.steps_per_object)
-        blocks = _blocks(times, wanted, fields, indices, regridders, target.shape, layout, progress)
-        existing.append(times, blocks, provenance)
-        log.info("appended %d time steps to %s", len(times), archive)
-    else:
-        existing.group.attrs.update({"sources": existing.attrs.get("sources", []) + provenance})
+    try:
+        if len(times):
+            layout = (existing.committed, existing.steps_per_object)
+            blocks = _blocks(times, wanted, fields, indices, regridders, target.shape, layout, progress)
+            existing.append(times, blocks, provenance)
+            log.info("appended %d time steps to %s", len(times), archive)
+        else:
+            existing.group.attrs.update({"sources": existing.attrs.get("sources", []) + provenance})
+    except BaseException:
+        if created:  # a failed first ingest leaves no archive behind, not an empty one
+            _remove_store(archive, storage_options)
+        raise
+    # Static fields only after the time steps are committed, so a failed ingest leaves them too.
+    for name, p in statics.items():
+        values = read_values(p.data)
+        if id(p) in regridders:
+            values = regridders[id(p)](values)
+        if name == "orography":
+            values = values / vocabulary.GRAVITY
+        existing.write_static(name, values, {"source_file": p.file, "units": "m" if name == "orography" else "1"})
+
     if not existing.statistics_are_current():
         existing.compute_statistics()
     return IngestReport(
