@@ -9,6 +9,7 @@ a failed ingest leaves the archive as it was.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +42,7 @@ class Piece:
     data: xr.DataArray
     level_index: int | None = None
 
-    @property
+    @functools.cached_property
     def grid(self) -> LatLonGrid:
         return LatLonGrid(lat=self.data["lat"].values, lon=self.data["lon"].values)
 
@@ -173,7 +174,11 @@ def plan_grid(
     Without `allow_regrid` (an archive kept on its sources' native grid), a source on another
     grid is an error rather than something to regrid silently."""
     grids: list[LatLonGrid] = []
+    checked: set[int] = set()
     for p in pieces:
+        if id(p.data) in checked:  # the levels of one variable share its grid
+            continue
+        checked.add(id(p.data))
         g = p.grid
         if len(g.lat) < 2 or len(g.lon) < 2:
             raise IngestError(p.file, p.variable, f"grid {g.describe()} is too small to be a global field")
@@ -204,8 +209,11 @@ def plan_grid(
         target = grids[0]
     by_grid: dict[str, ConservativeRegridder] = {}
     regridders = {}
+    on_target: dict[int, bool] = {}
     for p in pieces:
-        if not p.grid.same_as(target):
+        if id(p.data) not in on_target:
+            on_target[id(p.data)] = p.grid.same_as(target)
+        if not on_target[id(p.data)]:
             if not allow_regrid:
                 raise IngestError(
                     p.file,
