@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
 from collections.abc import Iterable
 from importlib import metadata
@@ -415,17 +414,22 @@ def open_archive(location: str, storage_options: dict | None = None) -> xr.Datas
 
 
 def describe(location: str) -> str:
+    """A short human-readable summary of an archive."""
     a = Archive.open(location)
     t = a.times
     span = f"{t[0]} .. {t[-1]}" if len(t) else "empty"
-    return json.dumps(
-        {
-            "archive": location,
-            "times": len(t),
-            "span": span,
-            "channels": a.channels,
-            "grid": a.attrs["grid"],
-            "statistics": a.attrs.get("statistics"),
-        },
-        indent=1,
-    )
+    stats = a.attrs.get("statistics")
+    lines = [
+        f"archive   {location}",
+        f"times     {len(t)} steps, {span}, every {a.time_step_hours} h",
+        f"channels  {len(a.channels)}: {' '.join(a.channels)}",
+        f"grid      {a.attrs['grid']} ({a.steps_per_object} steps per stored object)",
+        f"static    {', '.join(n for n in STATIC_NAMES if n in a.group) or 'none'}",
+        f"sources   {len(a.attrs.get('sources', []))} files",
+    ]
+    if stats:
+        current = "current" if a.statistics_are_current() else "STALE: run `forecast stats`"
+        lines.append(
+            f"stats     {stats['period_start']} .. {stats['period_end']} ({stats['time_steps']} steps, {current})"
+        )
+    return "\n".join(lines)
