@@ -55,6 +55,19 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from forecast.training.loop import TrainConfig, train
+
+    cfg = load(TrainConfig, args.config)
+    history = train(args.archive, args.out, seed=args.seed, cfg=cfg, device=args.device)["history"]
+    last = history[-1]
+    print(
+        f"trained {args.out}: {len(history)} epochs, final train loss {last['train_loss']:.4f}, "
+        f"validation loss {last['valid_loss']:.4f}"
+    )
+    return 0
+
+
 def _cmd_stats(args: argparse.Namespace) -> int:
     from forecast.archive import Archive
 
@@ -126,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--time-step", type=int, help="archive time step in hours (default 6)")
     i.add_argument("--member", type=int, help="ensemble member to take from ensemble files (default 0)")
     i.set_defaults(func=_cmd_ingest)
+
+    t = sub.add_parser("train", help="train one SFNO checkpoint from scratch (resumes if interrupted)")
+    t.add_argument("--archive", required=True)
+    t.add_argument("--seed", type=int, required=True, help="the seed: each seed is a model perturbation")
+    t.add_argument("--out", required=True, help="model package directory")
+    t.add_argument("--config", default=str(CONFIG_DIR / "train.yaml"))
+    t.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    t.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("stats", help="recompute an archive's statistics")
     s.add_argument("archive")

@@ -72,6 +72,14 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[-1])
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        key_type, value_type = typing.get_args(hint)
+        return {
+            _check_type(k, key_type, f"{where} key"): _check_type(v, value_type, f"{where}.{k}")
+            for k, v in value.items()
+        }
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
@@ -93,7 +101,7 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     kwargs = {k: _check_type(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
-    except ConfigError as e:
+    except (ConfigError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from None
 
 

@@ -40,3 +40,13 @@ def tree_digest(path: Path) -> dict[str, str]:
         for p in sorted(path.rglob("*"))
         if p.is_file()
     }
+
+
+@pytest.fixture(scope="session")
+def world_archive(world_two_years, tmp_path_factory) -> str:
+    """The two-year world ingested into an archive."""
+    from forecast.ingest import ingest
+
+    path = tmp_path_factory.mktemp("world-archive") / "world.zarr"
+    ingest([world_two_years], path, progress=False)
+    return str(path)

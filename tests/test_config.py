@@ -30,3 +30,17 @@ def test_bad_configs_are_refused_with_the_key_named(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load(DemoConfig, path)
+
+
+def test_train_config_loads_with_nested_model_and_checked_weights(tmp_path):
+    from forecast.training.loop import TrainConfig
+
+    cfg = load(TrainConfig, CONFIG_DIR / "train.yaml")
+    assert cfg.model.grid == "equiangular" and cfg.finetune_rollout_steps == 2
+    bad = tmp_path / "t.yaml"
+    bad.write_text("channel_weights: {z500: heavy}\n")
+    with pytest.raises(ConfigError, match=r"channel_weights.z500: expected float, got 'heavy'"):
+        load(TrainConfig, bad)
+    bad.write_text("model: {embed_dim: 8, depth: 3}\n")
+    with pytest.raises(ConfigError, match=r"model: unknown keys \['depth'\]"):
+        load(TrainConfig, bad)

@@ -1,0 +1,140 @@
+"""The training loop: it learns, and an interrupted run resumes to the same weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from synthetic import six_hourly, write_cds
+
+from forecast.ingest import ingest
+from forecast.model import ModelConfig, load_package
+from forecast.training.loop import TrainConfig, learning_rate, train
+
+TINY = ModelConfig(embed_dim=8, num_layers=1)
+
+
+@pytest.fixture(scope="module")
+def small_archive(tmp_path_factory):
+    d = tmp_path_factory.mktemp("loop")
+    ingest([write_cds(d / "a.nc", six_hourly("2020-01-01T00", 48), nlat=9, nlon=16)], d / "a.zarr", progress=False)
+    return str(d / "a.zarr")
+
+
+def test_learning_rate_warms_up_then_decays():
+    cfg = TrainConfig(lr=1e-3, min_lr=1e-5, warmup_steps=10)
+    lrs = [learning_rate(cfg, s, 100) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False)) and lrs[-1] < 2e-5
+
+
+def test_interrupted_training_resumes_to_the_same_weights(small_archive, tmp_path):
+    cfg = TrainConfig(
+        model=TINY,
+        epochs=2,
+        finetune_epochs=1,
+        batch_size=4,
+        max_batches_per_epoch=3,
+        warmup_steps=2,
+        train_end="2020-01-09T00",
+        valid_start="2020-01-09T06",
+    )
+    full = train(small_archive, tmp_path / "full", seed=5, cfg=cfg, device="cpu")
+    partial = train(small_archive, tmp_path / "resumed", seed=5, cfg=cfg, device="cpu", stop_after_epoch=0)
+    assert partial["epoch"] == 0 and not (tmp_path / "resumed" / "config.json").exists()
+    resumed = train(small_archive, tmp_path / "resumed", seed=5, cfg=cfg, device="cpu")
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
+    assert resumed["history"][2]["rollout_steps"] == 2  # the fine-tuning epoch rolls out 2 steps
+    a = load_file(str(tmp_path / "full" / "weights.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert full["history"] == [
+        {**h, "seconds": full["history"][i]["seconds"]} for i, h in enumerate(resumed["history"])
+    ]
+    model, config = load_package(tmp_path / "resumed")
+    assert config["seed"] == 5 and config["training"]["train_period"][1] == "2020-01-09T00"
+    # Another seed is another model (the model perturbation HENS relies on).
+    other = train(small_archive, tmp_path / "other", seed=6, cfg=cfg, device="cpu")
+    c = load_file(str(tmp_path / "other" / "weights.safetensors"))
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    assert other["history"][-1]["valid_loss"] is not None
+    assert json.loads((tmp_path / "full" / "config.json").read_text())["training"]["history"]
+
+
+def test_a_short_training_beats_persistence_on_the_world(world_archive, tmp_path):
+    from forecast.training.data import ArchiveWindows
+    from forecast.training.loop import WeightedLoss
+
+    cfg = TrainConfig(
+        model=ModelConfig(embed_dim=32, num_layers=2),
+        epochs=3,
+        finetune_epochs=0,
+        batch_size=8,
+        max_batches_per_epoch=25,
+        lr=3e-3,
+        warmup_steps=5,
+        train_end="2001-10-31T18",
+        valid_start="2001-11-01T00",
+    )
+    history = train(world_archive, tmp_path / "pkg", seed=0, cfg=cfg, device="cpu")["history"]
+    model, _ = load_package(tmp_path / "pkg")
+    loss_fn = WeightedLoss(model, {})
+    valid = ArchiveWindows(world_archive, "2001-11-01T00", None, 1)
+    persistence = [float(loss_fn(b.state, b.targets[:, 0])) for b in valid.batches(8, seed=0)]
+    persistence_loss = sum(persistence) / len(persistence)
+    print(f"validation loss: persistence {persistence_loss:.3f}, trained {history[-1]['valid_loss']:.3f}")
+    assert history[-1]["valid_loss"] < history[0]["valid_loss"]
+    assert history[-1]["valid_loss"] < 0.95 * persistence_loss
+
+
+def test_cli_train_writes_a_loadable_package(small_archive, tmp_path, capsys):
+    from forecast.cli import main
+
+    config = tmp_path / "t.yaml"
+    config.write_text(
+        "model: {embed_dim: 8, num_layers: 1}\nepochs: 1\nfinetune_epochs: 1\nbatch_size: 4\n"
+        "max_batches_per_epoch: 2\nwarmup_steps: 1\n"
+    )
+    assert (
+        main(
+            [
+                "-q",
+                "train",
+                "--archive",
+                small_archive,
+                "--seed",
+                "3",
+                "--out",
+                str(tmp_path / "p"),
+                "--config",
+                str(config),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert "trained" in capsys.readouterr().out
+    _, cfg = load_package(tmp_path / "p", time_step_hours=6)
+    assert cfg["seed"] == 3 and cfg["architecture"]["embed_dim"] == 8
+    config.write_text("finetune_rollout_steps: 7\n")
+    assert (
+        main(
+            [
+                "-q",
+                "train",
+                "--archive",
+                small_archive,
+                "--seed",
+                "3",
+                "--out",
+                str(tmp_path / "q"),
+                "--config",
+                str(config),
+            ]
+        )
+        == 2
+    )
+    assert "finetune_rollout_steps must be 2..4" in capsys.readouterr().err
