@@ -55,6 +55,8 @@ def test_interrupted_training_resumes_to_the_same_weights(small_archive, tmp_pat
     ]
     model, config = load_package(tmp_path / "resumed")
     assert config["seed"] == 5 and config["training"]["train_period"][1] == "2020-01-09T00"
+    skill = json.loads((tmp_path / "resumed" / "skill.json").read_text())
+    assert set(skill["rmse"]["z500"]) == {"24", "48", "72"} and skill["valid_period"][0] == "2020-01-09T06"
     # Another seed is another model (the model perturbation HENS relies on).
     other = train(small_archive, tmp_path / "other", seed=6, cfg=cfg, device="cpu")
     c = load_file(str(tmp_path / "other" / "weights.safetensors"))

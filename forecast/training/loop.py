@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 from forecast.grid import cell_area_weights
 from forecast.model import ForecastModel, ModelConfig, save_package
 from forecast.training.data import ArchiveWindows, model_from_archive
+from forecast.training.skill import climatology_map, score
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class TrainConfig:
     valid_end: str | None = None
     channel_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     max_batches_per_epoch: int | None = None
+    skill_inits: int = 32  # validation initial times scored for skill.json
 
     def __post_init__(self):
         if not 2 <= self.finetune_rollout_steps <= 4 and self.finetune_epochs:
@@ -213,7 +215,16 @@ def train(
         "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
         "history": progress["history"],
     }
+    model = model.cpu()
+    climatology = climatology_map(archive, cfg.train_start, cfg.train_end)
+    skill = score(model, archive, cfg.valid_start, cfg.valid_end, climatology, max_inits=cfg.skill_inits)
     save_package(
-        model.cpu(), out, static_raw=static, seed=seed, time_step_hours=valid.archive.time_step_hours, training=training
+        model,
+        out,
+        static_raw=static,
+        seed=seed,
+        time_step_hours=valid.archive.time_step_hours,
+        training=training,
+        skill=skill,
     )
     return progress
