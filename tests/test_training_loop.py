@@ -140,3 +140,48 @@ def test_cli_train_writes_a_loadable_package(small_archive, tmp_path, capsys):
         == 2
     )
     assert "finetune_rollout_steps must be 2..4" in capsys.readouterr().err
+
+
+def test_killed_training_process_resumes_to_the_same_weights(small_archive, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    config = tmp_path / "t.yaml"
+    config.write_text(
+        "model: {embed_dim: 8, num_layers: 1}\nepochs: 5\nfinetune_epochs: 1\nbatch_size: 4\n"
+        "max_batches_per_epoch: 6\nwarmup_steps: 2\ntrain_end: '2020-01-09T00'\n"
+        "valid_start: '2020-01-09T06'\n"
+    )
+    args = ["train", "--archive", small_archive, "--seed", "11", "--config", str(config), "--device", "cpu"]
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "forecast.cli", "-q", *args, "--out", str(killed)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    state = killed / ".train" / "state.safetensors"
+    deadline = time.monotonic() + 300
+    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "weights.safetensors").exists()
+
+    from forecast.config import load
+    from forecast.training.loop import TrainConfig
+
+    cfg = load(TrainConfig, config)
+    resumed = train(small_archive, killed, seed=11, cfg=cfg, device="cpu")
+    assert resumed["history"][0]["epoch"] == 0 and len(resumed["history"]) == 6
+    train(small_archive, tmp_path / "clean", seed=11, cfg=cfg, device="cpu")
+    a = load_file(str(killed / "weights.safetensors"))
+    b = load_file(str(tmp_path / "clean" / "weights.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
