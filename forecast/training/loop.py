@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 
 from forecast.grid import cell_area_weights
 from forecast.model import ForecastModel, ModelConfig, save_package
+from forecast.training import distributed
 from forecast.training.data import ArchiveWindows, model_from_archive
 from forecast.training.skill import climatology_map, score
 
@@ -153,7 +154,7 @@ def train(
     interruption would; a second call resumes."""
     out = Path(out)
     work = out / ".train"
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ranks, dev = distributed.setup(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
     torch.manual_seed(seed)
     model, static = model_from_archive(archive, cfg.model)
     model.to(dev)
@@ -166,11 +167,12 @@ def train(
     valid = ArchiveWindows(archive, cfg.valid_start, cfg.valid_end, 1)
 
     def batches_in(epoch: int) -> int:
-        n = len(train_sets[cfg.rollout_steps(epoch)]) // cfg.batch_size
+        n = len(train_sets[cfg.rollout_steps(epoch)]) // ranks.world_size // cfg.batch_size
         return min(n, cfg.max_batches_per_epoch) if cfg.max_batches_per_epoch else n
 
     total_steps = sum(batches_in(e) for e in range(cfg.total_epochs))
     progress = _load_state(work, model, optimizer) or {"epoch": -1, "step": 0, "history": []}
+    distributed.broadcast_parameters(model.net, ranks)
     if progress["epoch"] >= 0:
         log.info("resuming %s after epoch %d (step %d)", out, progress["epoch"], progress["step"])
     autocast = dev.type == "cuda"
@@ -179,7 +181,8 @@ def train(
         model.train()
         losses = []
         data = train_sets[cfg.rollout_steps(epoch)]
-        for i, batch in enumerate(data.batches(cfg.batch_size, seed=seed, epoch=epoch)):
+        batches = data.batches(cfg.batch_size, seed=seed, epoch=epoch, rank=ranks.rank, world_size=ranks.world_size)
+        for i, batch in enumerate(batches):
             if i >= batches_in(epoch):
                 break
             for group in optimizer.param_groups:
@@ -187,25 +190,30 @@ def train(
             loss = _rollout_loss(model, loss_fn, batch, dev, autocast)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(model.net, ranks)
             torch.nn.utils.clip_grad_norm_(model.net.parameters(), cfg.grad_clip)
             optimizer.step()
             losses.append(loss.detach().item())
             progress["step"] += 1
         model.eval()
         with torch.no_grad():
-            vl = [float(_rollout_loss(model, loss_fn, b, dev, autocast)) for b in valid.batches(cfg.batch_size, seed=0)]
+            vb = valid.batches(cfg.batch_size, seed=0, rank=ranks.rank, world_size=ranks.world_size)
+            vl = [float(_rollout_loss(model, loss_fn, b, dev, autocast)) for b in vb]
         record = {
             "epoch": epoch,
             "rollout_steps": data.rollout_steps,
-            "train_loss": float(np.mean(losses)),
-            "valid_loss": float(np.mean(vl)) if vl else None,
+            "train_loss": distributed.global_mean(float(np.sum(losses)), len(losses), ranks),
+            "valid_loss": distributed.global_mean(float(np.sum(vl)), len(vl), ranks),
             "seconds": round(time.perf_counter() - start, 2),
         }
         progress["history"].append(record)
         progress["epoch"] = epoch
         log.info("epoch %d: %s", epoch, record)
-        _save_state(work, model, optimizer, progress)
+        if ranks.is_main:
+            _save_state(work, model, optimizer, progress)
+        distributed.barrier(ranks)
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.total_epochs - 1:
+            distributed.teardown(ranks)
             return progress
     times = valid.archive.times
     training = {
@@ -214,7 +222,13 @@ def train(
         "valid_period": [cfg.valid_start or str(times[0]), cfg.valid_end or str(times[-1])],
         "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
         "history": progress["history"],
+        "ranks": ranks.world_size,
+        # Identical on every rank, or data-parallel training went wrong.
+        "rank_weight_digests": distributed.weight_digests(model.net, ranks),
     }
+    if not ranks.is_main:
+        distributed.teardown(ranks)
+        return progress
     model = model.cpu()
     climatology = climatology_map(archive, cfg.train_start, cfg.train_end)
     skill = score(model, archive, cfg.valid_start, cfg.valid_end, climatology, max_inits=cfg.skill_inits)
@@ -227,4 +241,5 @@ def train(
         training=training,
         skill=skill,
     )
+    distributed.teardown(ranks)
     return progress
