@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import math
+import threading
 import time
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from forecast.training.data import ArchiveWindows, model_from_archive
 from forecast.training.skill import climatology_map, score
 
 log = logging.getLogger(__name__)
+_INIT_LOCK = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,8 +157,9 @@ def train(
     out = Path(out)
     work = out / ".train"
     ranks, dev = distributed.setup(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
-    torch.manual_seed(seed)
-    model, static = model_from_archive(archive, cfg.model)
+    with _INIT_LOCK:  # the global RNG: checkpoints trained in threads must not interleave here
+        torch.manual_seed(seed)
+        model, static = model_from_archive(archive, cfg.model)
     model.to(dev)
     loss_fn = WeightedLoss(model, cfg.channel_weights).to(dev)
     optimizer = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
