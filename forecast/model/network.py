@@ -26,7 +26,7 @@ class ModelConfig:
     from the grid and `scale_factor` and are recorded, not guessed (the default changed between
     torch-harmonics releases)."""
 
-    embed_dim: int = 64
+    embed_dim: int = 48
     num_layers: int = 4
     scale_factor: int = 1
     mlp_ratio: float = 2.0

@@ -25,6 +25,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from forecast.archive import Archive
 from forecast.grid import cell_area_weights
 from forecast.model import ForecastModel, ModelConfig, save_package
 from forecast.training import distributed
@@ -52,7 +53,7 @@ class TrainConfig:
     valid_start: str | None = None
     valid_end: str | None = None
     channel_weights: dict[str, float] = dataclasses.field(default_factory=dict)
-    max_batches_per_epoch: int | None = None
+    max_batches_per_epoch: int | None = 120  # bounds an epoch: the 2-core budget is 3 minutes
     skill_inits: int = 32  # validation initial times scored for skill.json
 
     def __post_init__(self):
@@ -65,6 +66,28 @@ class TrainConfig:
 
     def rollout_steps(self, epoch: int) -> int:
         return 1 if epoch < self.epochs else self.finetune_rollout_steps
+
+
+HOLDOUT_FRACTION = 0.1
+
+
+def resolve_periods(cfg: TrainConfig, times: np.ndarray) -> TrainConfig:
+    """Explicit training and validation periods. When neither boundary between them is given,
+    the last 10 % of the archive is held out for validation, so validation never sees training
+    data by default."""
+    if len(times) < 20:
+        raise ValueError(f"the archive has {len(times)} time steps; training needs at least 20")
+    train_end, valid_start = cfg.train_end, cfg.valid_start
+    if train_end is None and valid_start is None:
+        cut = int(len(times) * (1 - HOLDOUT_FRACTION))
+        train_end, valid_start = str(times[cut - 1]), str(times[cut])
+    return dataclasses.replace(
+        cfg,
+        train_start=cfg.train_start or str(times[0]),
+        train_end=train_end or str(times[-1]),
+        valid_start=valid_start or str(times[0]),
+        valid_end=cfg.valid_end or str(times[-1]),
+    )
 
 
 def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
@@ -163,6 +186,7 @@ def train(
     model.to(dev)
     loss_fn = WeightedLoss(model, cfg.channel_weights).to(dev)
     optimizer = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    cfg = resolve_periods(cfg, Archive.open(str(archive)).times)
     train_sets = {
         k: ArchiveWindows(archive, cfg.train_start, cfg.train_end, k)
         for k in sorted({cfg.rollout_steps(e) for e in range(cfg.total_epochs)})
@@ -218,11 +242,10 @@ def train(
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.total_epochs - 1:
             distributed.teardown(ranks)
             return progress
-    times = valid.archive.times
     training = {
         "archive": str(archive),
-        "train_period": [cfg.train_start or str(times[0]), cfg.train_end or str(times[-1])],
-        "valid_period": [cfg.valid_start or str(times[0]), cfg.valid_end or str(times[-1])],
+        "train_period": [cfg.train_start, cfg.train_end],
+        "valid_period": [cfg.valid_start, cfg.valid_end],
         "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
         "history": progress["history"],
         "ranks": ranks.world_size,

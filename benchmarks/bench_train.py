@@ -1,0 +1,80 @@
+"""Benchmark: training throughput and the time to train one default checkpoint on this machine.
+
+Target (issue #3): one default checkpoint (configs/train.yaml) in at most 3 minutes on 2 cores.
+Also prints the checkpoint's skill against persistence and climatology.
+
+    python benchmarks/bench_train.py --archive ARCHIVE   (default: make a 1-year world archive)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--archive")
+    parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "train.yaml"))
+    args = parser.parse_args()
+
+    from flows.train import summarise
+    from forecast.config import load
+    from forecast.training.data import ArchiveWindows, model_from_archive
+    from forecast.training.loop import TrainConfig, WeightedLoss, train
+
+    cfg = load(TrainConfig, args.config)
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = args.archive
+        if archive is None:
+            from forecast.ingest import ingest
+            from forecast.world import WorldRun, generate_world
+
+            generate_world(Path(tmp) / "world", WorldRun(years=1), progress=False)
+            archive = str(Path(tmp) / "archive.zarr")
+            ingest([Path(tmp) / "world"], archive, progress=False)
+
+        # Throughput: optimizer steps on one-step batches, timed after a warm-up step.
+        torch.manual_seed(0)
+        model, _ = model_from_archive(archive, cfg.model)
+        loss_fn = WeightedLoss(model, {})
+        opt = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr)
+        batches = ArchiveWindows(archive).batches(cfg.batch_size)
+        n, start = 0, None
+        for i, b in enumerate(batches):
+            loss = loss_fn(model(b.state, b.time_hours), b.targets[:, 0])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if i == 0:
+                start = time.perf_counter()
+            else:
+                n += len(b.state)
+            if i == 20:
+                break
+        samples_per_second = n / (time.perf_counter() - start)
+
+        start = time.perf_counter()
+        train(archive, Path(tmp) / "pkg", seed=0, cfg=cfg, device="cpu")
+        seconds = time.perf_counter() - start
+        summary = summarise(Path(tmp) / "pkg")
+    print(
+        json.dumps(
+            {
+                "samples_per_second": round(samples_per_second, 1),
+                "train_seconds": round(seconds, 1),
+                "target_met": seconds <= 180.0,
+                "skill": summary["scores"],
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
