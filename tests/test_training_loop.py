@@ -97,7 +97,7 @@ def test_cli_train_writes_a_loadable_package(small_archive, tmp_path, capsys):
     config = tmp_path / "t.yaml"
     config.write_text(
         "model: {embed_dim: 8, num_layers: 1}\nepochs: 1\nfinetune_epochs: 1\nbatch_size: 4\n"
-        "max_batches_per_epoch: 2\nwarmup_steps: 1\n"
+        "max_batches_per_epoch: 2\nwarmup_steps: 1\ntrain_end: '2020-01-07T00'\nvalid_start: '2020-01-07T06'\n"
     )
     assert (
         main(

@@ -17,6 +17,7 @@ from forecast.model import ForecastModel
 from forecast.training.data import ArchiveWindows
 
 LEADS_HOURS = (24, 48, 72)
+STABILITY_DAYS = 15
 
 
 def climatology_map(archive: str, start: str | None, end: str | None, batch: int = 64) -> np.ndarray:
@@ -69,11 +70,57 @@ def score(
     for kind, by_lead in errors.items():
         table = {h: _rmse(np.concatenate(v), w) for h, v in by_lead.items()}
         out[kind] = {c: {str(h): float(table[h][j]) for h in leads_hours} for j, c in enumerate(model.channels)}
+    stability = rollout_stability(model, archive, valid_start, valid_end, climatology, step_hours=step_hours)
     return {
+        "rollout_15d": stability,
         "rmse": out["model"],
         "persistence": out["persistence"],
         "climatology": out["climatology"],
         "valid_period": [str(windows.archive.times[windows.starts[0]]), str(windows.archive.times[windows.starts[-1]])],
         "inits": len(positions),
         "estimator": "sqrt of the cell-area-weighted mean square error over the grid and the initial times",
+    }
+
+
+@torch.no_grad()
+def rollout_stability(
+    model: ForecastModel,
+    archive: str,
+    valid_start: str | None,
+    valid_end: str | None,
+    climatology: np.ndarray,
+    days: int = STABILITY_DAYS,
+    inits: int = 8,
+    step_hours: int = 6,
+) -> dict:
+    """A `days`-long autoregressive rollout: per channel, the largest ratio over lead times of
+    the model's RMSE to climatology's (a stable model stays near or below 1 as skill fades;
+    an unstable one blows up). Uses the archive up to its end for the verification."""
+    steps = days * 24 // step_hours
+    try:
+        windows = ArchiveWindows(archive, valid_start, valid_end, rollout_steps=steps)
+    except ValueError:  # validation period shorter than the rollout: start earlier
+        try:
+            windows = ArchiveWindows(archive, None, None, rollout_steps=steps)
+        except ValueError:
+            return {"days": days, "skipped": f"the archive is shorter than {days} days"}
+    positions = np.unique(np.linspace(0, len(windows) - 1, min(inits, len(windows))).round().astype(int))
+    w = cell_area_weights(model.lat.cpu().numpy())
+    device = next(model.parameters()).device
+    model_err, clim_err = [], []
+    for i in range(0, len(positions), 8):
+        b = windows.read(positions[i : i + 8])
+        traj = model.rollout(b.state.to(device), b.time_hours.to(device), steps, step_hours).cpu().numpy()[:, 1:]
+        truth = b.targets.numpy()
+        model_err.append(traj - truth)
+        clim_err.append(climatology[None, None] - truth)
+    m, c = np.concatenate(model_err), np.concatenate(clim_err)  # (init, lead, channel, lat, lon)
+    ratio = np.stack([_rmse(m[:, k], w) / np.maximum(_rmse(c[:, k], w), 1e-30) for k in range(steps)])
+    finite = bool(np.isfinite(m).all())
+    return {
+        "days": days,
+        "inits": len(positions),
+        "finite": finite,
+        "max_ratio_to_climatology": {ch: float(ratio[:, j].max()) for j, ch in enumerate(model.channels)},
+        "first_init": str(windows.archive.times[windows.starts[positions[0]]]),
     }
