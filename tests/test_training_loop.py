@@ -185,3 +185,30 @@ def test_killed_training_process_resumes_to_the_same_weights(small_archive, tmp_
     a = load_file(str(killed / "weights.safetensors"))
     b = load_file(str(tmp_path / "clean" / "weights.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_loading_for_an_archive_checks_it(small_archive, tmp_path):
+    from forecast.model import PackageError
+    from forecast.training.data import load_for_archive
+
+    cfg = TrainConfig(
+        model=TINY,
+        epochs=1,
+        finetune_epochs=0,
+        batch_size=4,
+        max_batches_per_epoch=1,
+        warmup_steps=1,
+        train_end="2020-01-07T00",
+        valid_start="2020-01-07T06",
+    )
+    train(small_archive, tmp_path / "p", seed=1, cfg=cfg, device="cpu")
+    model, _ = load_for_archive(tmp_path / "p", small_archive)
+    assert model.channels == ["z500", "z850", "t500", "t850", "msl"]
+    other = tmp_path / "other.zarr"
+    ingest(
+        [write_cds(tmp_path / "o.nc", six_hourly("2020-01-01T00", 4), nlat=9, nlon=16, drop=("msl",))],
+        other,
+        progress=False,
+    )
+    with pytest.raises(PackageError, match=r"package-only: \['msl'\]"):
+        load_for_archive(tmp_path / "p", other)

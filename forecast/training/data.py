@@ -123,3 +123,20 @@ def model_from_archive(location: str, config: ModelConfig) -> tuple[ForecastMode
         non_negative=[vocabulary.is_non_negative(c) for c in archive.channels],
     )
     return model, static
+
+
+def load_for_archive(package: str, archive: str, map_location: str = "cpu"):
+    """Load a model package to run on `archive`, refusing one made for other channels, another
+    grid or another time step (PackageError with the reason)."""
+    from forecast.model import load_package
+
+    a = Archive.open(str(archive))
+    grid = a.grid
+    return load_package(
+        package,
+        map_location=map_location,
+        channels=a.channels,
+        lat=grid.lat,
+        lon=grid.lon,
+        time_step_hours=a.time_step_hours,
+    )
