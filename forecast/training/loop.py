@@ -39,9 +39,9 @@ _INIT_LOCK = threading.Lock()
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     model: ModelConfig = ModelConfig()
-    epochs: int = 4
+    epochs: int = 3
     finetune_epochs: int = 1
-    finetune_rollout_steps: int = 2
+    finetune_rollout_steps: int = 4
     batch_size: int = 8
     lr: float = 2e-3
     min_lr: float = 1e-5
