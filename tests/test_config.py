@@ -36,7 +36,7 @@ def test_train_config_loads_with_nested_model_and_checked_weights(tmp_path):
     from forecast.training.loop import TrainConfig
 
     cfg = load(TrainConfig, CONFIG_DIR / "train.yaml")
-    assert cfg.model.grid == "equiangular" and cfg.finetune_rollout_steps == 2
+    assert cfg.model.grid == "equiangular" and cfg.finetune_rollout_steps == 4
     bad = tmp_path / "t.yaml"
     bad.write_text("channel_weights: {z500: heavy}\n")
     with pytest.raises(ConfigError, match=r"channel_weights.z500: expected float, got 'heavy'"):
