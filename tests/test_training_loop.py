@@ -35,6 +35,7 @@ def test_interrupted_training_resumes_to_the_same_weights(small_archive, tmp_pat
         model=TINY,
         epochs=2,
         finetune_epochs=1,
+        finetune_rollout_steps=2,
         batch_size=4,
         max_batches_per_epoch=3,
         warmup_steps=2,
