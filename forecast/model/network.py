@@ -14,6 +14,7 @@ import math
 
 import torch
 from torch import nn
+from torch_harmonics import InverseRealSHT, RealSHT
 from torch_harmonics.examples.models.sfno import SphericalFourierNeuralOperator
 
 HOURS_PER_DAY = 24.0
@@ -59,6 +60,28 @@ def cos_zenith(time_hours: torch.Tensor, lat_deg: torch.Tensor, lon_deg: torch.T
     hour_angle = 2 * math.pi * utc_hour / HOURS_PER_DAY + lon - math.pi
     cz = torch.sin(lat) * torch.sin(declination) + torch.cos(lat) * torch.cos(declination) * torch.cos(hour_angle)
     return cz.to(torch.float32)
+
+
+class Float32(nn.Module):
+    """Runs the wrapped module in float32 with autocast off. torch-harmonics' spherical
+    harmonic transforms do not take bfloat16 (`torch.complex` refuses it), so under bf16
+    autocast the transforms stay in float32 while the pointwise layers run in bf16."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.complex64) if x.is_complex() else x.float()
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.inner(x)
+
+
+def _spectral_transforms_in_float32(net: nn.Module) -> None:
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, (RealSHT, InverseRealSHT)):
+                setattr(parent, name, Float32(child))
 
 
 class ForecastModel(nn.Module):
@@ -118,6 +141,7 @@ class ForecastModel(nn.Module):
                 f"torch-harmonics built lmax/mmax {(self.net.trans_down.lmax, self.net.trans_down.mmax)}, "
                 f"expected {(lmax, mmax)}: the library's defaults changed"
             )
+        _spectral_transforms_in_float32(self.net)
 
     def forward(self, state: torch.Tensor, time_hours: torch.Tensor) -> torch.Tensor:
         b = state.shape[0]
