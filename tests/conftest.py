@@ -50,3 +50,15 @@ def world_archive(world_two_years, tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("world-archive") / "world.zarr"
     ingest([world_two_years], path, progress=False)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def small_archive_40(tmp_path_factory) -> str:
+    """40 six-hourly steps of synthetic fields on a 9x16 grid (read-only: do not append)."""
+    from synthetic import six_hourly, write_cds
+
+    from forecast.ingest import ingest
+
+    d = tmp_path_factory.mktemp("small40")
+    ingest([write_cds(d / "a.nc", six_hourly("2020-01-01T00", 40), nlat=9, nlon=16)], d / "a.zarr", progress=False)
+    return str(d / "a.zarr")

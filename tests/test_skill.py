@@ -5,21 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from synthetic import six_hourly, write_cds
 
 from forecast.archive import open_archive
 from forecast.grid import cell_area_weights
-from forecast.ingest import ingest
 from forecast.model import ModelConfig
 from forecast.training.data import model_from_archive
 from forecast.training.skill import climatology_map, score
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory):
-    d = tmp_path_factory.mktemp("skill")
-    ingest([write_cds(d / "a.nc", six_hourly("2020-01-01T00", 40), nlat=9, nlon=16)], d / "a.zarr", progress=False)
-    return str(d / "a.zarr")
+def archive(small_archive_40):
+    return small_archive_40
 
 
 def test_climatology_map_is_the_time_mean(archive):
