@@ -1,1 +1,1 @@
-"""Training SFNO checkpoints on the archive (issue #3: data and model construction so far)."""
+"""Training SFNO checkpoints on the archive: data windows, the loop, skill scoring, DDP."""
