@@ -59,3 +59,14 @@ def test_model_from_archive_uses_its_statistics(archive):
     x = torch.from_numpy(ds.fields.values[:2])
     y = model(x, torch.zeros(2))
     assert y.shape == x.shape and torch.isfinite(y).all()
+
+
+def test_leaving_early_stops_the_reader_thread(archive):
+    import threading
+
+    before = threading.active_count()
+    w = ArchiveWindows(archive)
+    for i, _ in enumerate(w.batches(2, prefetch=1)):
+        if i == 1:
+            break
+    assert threading.active_count() == before

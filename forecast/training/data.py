@@ -79,20 +79,37 @@ class ArchiveWindows:
         groups = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
         q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
         done = object()
+        stop = threading.Event()  # set when the consumer leaves early (a capped epoch)
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
 
         def produce():
             try:
                 for g in groups:
-                    q.put(self.read(g))
+                    if not put(self.read(g)):
+                        return
             except BaseException as e:  # surfaced in the consumer
-                q.put(e)
-            q.put(done)
+                put(e)
+                return
+            put(done)
 
-        threading.Thread(target=produce, daemon=True).start()
-        while (item := q.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        worker = threading.Thread(target=produce, daemon=True)
+        worker.start()
+        try:
+            while (item := q.get()) is not done:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            worker.join()
 
 
 def model_from_archive(location: str, config: ModelConfig) -> tuple[ForecastModel, torch.Tensor]:

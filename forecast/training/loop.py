@@ -222,6 +222,7 @@ def train(
             optimizer.step()
             losses.append(loss.detach().item())
             progress["step"] += 1
+        batches.close()  # a capped epoch leaves early: stop its reader thread now
         model.eval()
         with torch.no_grad():
             vb = valid.batches(cfg.batch_size, seed=0, rank=ranks.rank, world_size=ranks.world_size)
