@@ -20,6 +20,11 @@ LEADS_HOURS = (24, 48, 72)
 STABILITY_DAYS = 15
 
 
+def spread(n: int, k: int) -> np.ndarray:
+    """Up to k indices spread evenly over range(n), first and last included."""
+    return np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(int))
+
+
 def climatology_map(archive: str, start: str | None, end: str | None, batch: int = 64) -> np.ndarray:
     """Time-mean (channel, lat, lon) over [start, end], accumulated in float64 batch by batch."""
     a = Archive.open(str(archive))
@@ -52,7 +57,7 @@ def score(
     """RMSE per channel and lead for the model, persistence and climatology."""
     steps = max(leads_hours) // step_hours
     windows = ArchiveWindows(archive, valid_start, valid_end, rollout_steps=steps)
-    positions = np.unique(np.linspace(0, len(windows) - 1, min(max_inits, len(windows))).round().astype(int))
+    positions = spread(len(windows), max_inits)
     w = cell_area_weights(model.lat.cpu().numpy())
     device = next(model.parameters()).device
     errors = {kind: {h: [] for h in leads_hours} for kind in ("model", "persistence", "climatology")}
@@ -104,7 +109,7 @@ def rollout_stability(
             windows = ArchiveWindows(archive, None, None, rollout_steps=steps)
         except ValueError:
             return {"days": days, "skipped": f"the archive is shorter than {days} days"}
-    positions = np.unique(np.linspace(0, len(windows) - 1, min(inits, len(windows))).round().astype(int))
+    positions = spread(len(windows), inits)
     w = cell_area_weights(model.lat.cpu().numpy())
     device = next(model.parameters()).device
     model_err, clim_err = [], []

@@ -22,11 +22,12 @@ import pandas as pd
 import xarray as xr
 from tqdm.auto import tqdm
 
-from forecast.world.dynamics import UNITS, WorldPhysics, area_mean, state_from_numpy
-from forecast.world.generate import OUTPUT_HOURS, World, fields_to_datasets, stack_states, write_netcdf_atomic
+from forecast.world.dynamics import UNITS, WorldPhysics, area_mean, as_numpy_state, state_from_numpy
+from forecast.world.generate import OUTPUT_HOURS, World, fields_to_datasets, write_netcdf_atomic
 
 log = logging.getLogger(__name__)
 BREEDING_CYCLES = 3
+SPECTRAL_FIELDS = ("vorticity", "divergence", "temperature_variation", "log_surface_pressure")
 
 
 def restart_before(world_dir: Path, when: np.datetime64) -> tuple[np.datetime64, dict]:
@@ -62,15 +63,13 @@ def _scale_to(world: World, control, perturbed, amplitude: float):
     def scale(d):
         return d * factor.reshape((-1,) + (1,) * (d.ndim - 1))
 
-    fields = ("vorticity", "divergence", "temperature_variation", "log_surface_pressure")
-    scaled = {f: scale(getattr(diff, f)) for f in fields}
+    scaled = {f: scale(getattr(diff, f)) for f in SPECTRAL_FIELDS}
     tracers = {k: scale(v) for k, v in diff.tracers.items()}
     return dataclasses.replace(diff, **scaled, tracers=tracers, sim_time=perturbed.sim_time)
 
 
 def _add(control, diff, sign: float):
-    fields = ("vorticity", "divergence", "temperature_variation", "log_surface_pressure")
-    out = {f: getattr(control, f)[None] + sign * getattr(diff, f) for f in fields}
+    out = {f: getattr(control, f)[None] + sign * getattr(diff, f) for f in SPECTRAL_FIELDS}
     tracers = {k: control.tracers[k][None] + sign * diff.tracers[k] for k in control.tracers}
     return dataclasses.replace(diff, **out, tracers=tracers)
 
@@ -137,7 +136,7 @@ def physics_ensemble(
     steps = lead_hours // OUTPUT_HOURS
     outputs = []
     for k in tqdm(range(steps + 1), desc="physics ensemble", unit="step", disable=not progress):
-        outputs.append(stack_states([jax.tree.map(lambda x, i=i: x[i], ensemble) for i in range(members)]))
+        outputs.append(as_numpy_state(ensemble))  # already stacked along the member axis
         if k < steps:
             now = init + np.timedelta64(k * OUTPUT_HOURS, "h")
             ensemble = core.advance_batch(world.at(ensemble, now), world.steps_per_output, target)
