@@ -1,4 +1,4 @@
-"""The `forecast` command line: world, ingest, stats, info, demo."""
+"""The `forecast` command line: world, ingest, train, run, regenerate, stats, info, demo."""
 
 from __future__ import annotations
 
@@ -66,6 +66,66 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"validation loss {last['valid_loss']:.4f}"
     )
     return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from forecast.ensemble.engine import RunSettings, run_ensemble
+
+    crop = tuple(args.crop) if args.crop else None
+    thresholds: dict[str, list[float]] = {}
+    for spec in args.threshold or []:
+        channel, _, value = spec.partition(">")
+        if not value:
+            raise ValueError(f"--threshold {spec!r}: write CHANNEL>VALUE, e.g. t2m>303.15")
+        thresholds.setdefault(channel.strip(), []).append(float(value))
+    settings = RunSettings(
+        perturbations=args.perturbations,
+        perturbation=args.perturbation,
+        lead_hours=args.lead_hours,
+        output_leads=tuple(args.output_leads) if args.output_leads else None,
+        channels=tuple(args.channels) if args.channels else None,
+        crop=crop,
+        base_seed=args.seed,
+        block_size=args.block_size,
+        store_members=not args.no_members,
+        thresholds={k: tuple(v) for k, v in thresholds.items()},
+    )
+    start = time.perf_counter()
+    summary = run_ensemble(
+        args.archive, args.packages, args.init_time, args.out, settings, device=args.device, progress=not args.quiet
+    )
+    print(
+        f"{summary['store']}: {summary['members']} members from {summary['init_time']}, "
+        f"{summary['blocks_run']} blocks of {summary['block_size']} run in {time.perf_counter() - start:.1f} s"
+    )
+    return 0
+
+
+def _cmd_regenerate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from forecast.ensemble.engine import regenerate
+    from forecast.ensemble.store import ForecastStore
+
+    store = ForecastStore.open(args.store)
+    init = args.init_time or str(store.init_times[0])
+    i = store.init_index(np.datetime64(init, "h"))
+    worst = 0
+    for member in args.member:
+        fresh = regenerate(args.store, init, member, device=args.device)
+        if store.store_members and store.complete(i)[member]:
+            stored = store.read_member(i, member)
+            same = np.array_equal(fresh, stored, equal_nan=True)
+            diff = float(np.nanmax(np.abs(fresh - stored)))
+            print(
+                f"member {member}: {'identical to' if same else 'differs from'} the stored one (max |diff| {diff:.3g})"
+            )
+            worst = max(worst, 0 if same else 1)
+        else:
+            print(f"member {member}: recomputed ({args.store} does not hold it to compare with)")
+        if args.out:
+            np.save(Path(args.out) / f"member_{member}.npy", fresh)
+    return worst
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
@@ -154,6 +214,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--end", help="last time of the statistics period (default: last in archive)")
     s.set_defaults(func=_cmd_stats)
 
+    r = sub.add_parser("run", help="run a huge ensemble: packages x bred vectors x (+, -) from one init time")
+    r.add_argument("--archive", required=True, help="archive with the analyses (init time and 18 h before)")
+    r.add_argument("--packages", nargs="+", required=True, help="model package directories (one per checkpoint)")
+    r.add_argument("--init-time", required=True, help="e.g. 2001-12-01T00")
+    r.add_argument("--perturbations", type=int, default=16, help="perturbations per checkpoint, each used +/-")
+    r.add_argument("--perturbation", default="bred", choices=["bred", "noise", "grf"])
+    r.add_argument("--lead-hours", type=int, default=360)
+    r.add_argument("--output-leads", type=int, nargs="+", help="lead hours to store (default: every step)")
+    r.add_argument("--channels", nargs="+", help="channels to store (default: all)")
+    r.add_argument("--crop", type=float, nargs=4, metavar=("LAT_MIN", "LAT_MAX", "LON_MIN", "LON_MAX"))
+    r.add_argument("--threshold", action="append", help="CHANNEL>VALUE: count members above it (repeatable)")
+    r.add_argument("--seed", type=int, default=0, help="base seed of the member seeds")
+    r.add_argument("--block-size", type=int, help="members per batch (default: from free memory)")
+    r.add_argument("--no-members", action="store_true", help="keep statistics only, not the members")
+    r.add_argument("--out", required=True, help="forecast store (created, or resumed if it exists)")
+    r.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    r.set_defaults(func=_cmd_run)
+
+    g = sub.add_parser("regenerate", help="recompute members of a stored run and compare with the store")
+    g.add_argument("--store", required=True)
+    g.add_argument("--member", type=int, nargs="+", required=True)
+    g.add_argument("--init-time", help="default: the store's first")
+    g.add_argument("--out", help="directory to save the recomputed members as .npy")
+    g.add_argument("--device")
+    g.set_defaults(func=_cmd_regenerate)
+
     n = sub.add_parser("info", help="describe an archive")
     n.add_argument("archive")
     n.set_defaults(func=_cmd_info)
@@ -171,11 +257,15 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     from forecast.archive import ArchiveError
+    from forecast.ensemble.store import StoreError
     from forecast.ingest.sources import IngestError
+    from forecast.model import PackageError
 
     try:
         return args.func(args)
-    except (IngestError, ArchiveError, ConfigError) as e:
+    except (IngestError, ArchiveError, ConfigError, StoreError, PackageError, ValueError) as e:
+        if args.verbose:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
 

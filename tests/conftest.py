@@ -62,3 +62,25 @@ def small_archive_40(tmp_path_factory) -> str:
     d = tmp_path_factory.mktemp("small40")
     ingest([write_cds(d / "a.nc", six_hourly("2020-01-01T00", 40), nlat=9, nlon=16)], d / "a.zarr", progress=False)
     return str(d / "a.zarr")
+
+
+@pytest.fixture(scope="session")
+def world_packages(world_archive, tmp_path_factory) -> list[str]:
+    """Two small checkpoints (seeds 0 and 1) trained briefly on the world archive, with
+    skill.json: enough to drive the ensemble engine (about 20 s each on 2 cores)."""
+    from forecast.model import ModelConfig
+    from forecast.training.loop import TrainConfig, train
+
+    cfg = TrainConfig(
+        model=ModelConfig(embed_dim=16, num_layers=2),
+        epochs=1,
+        finetune_epochs=0,
+        max_batches_per_epoch=30,
+        skill_inits=8,
+    )
+    root = tmp_path_factory.mktemp("packages")
+    out = []
+    for seed in (0, 1):
+        train(world_archive, root / f"ckpt{seed}", seed=seed, cfg=cfg, device="cpu")
+        out.append(str(root / f"ckpt{seed}"))
+    return out

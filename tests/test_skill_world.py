@@ -1,6 +1,6 @@
 """Issue #3's skill bar, on the built-in world with the default configuration: every checkpoint
 beats persistence and climatology in RMSE of z500 and t850 at 24 h and 72 h on the validation
-period, and a 15-day rollout does not blow up. Two seeds, about 2.5 minutes each on 2 cores."""
+period, and a 15-day rollout stays below 1.5 x climatology's RMSE. Two seeds, about 2.5 minutes each on 2 cores."""
 
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ def test_default_checkpoint_beats_the_baselines(world_archive, tmp_path, seed):
         f" worst channel {max(ratios, key=ratios.get)} {max(ratios.values()):.3f}"
     )
     assert rollout["finite"] and rollout["inits"] >= 4
-    # A guard against blow-up only: a model that diverges goes far past this. The issue's bar,
-    # below 1.5 x climatology, is not met by every seed yet (measured 1.36 and 1.64 for z500;
-    # a model with a perfect climate saturates at sqrt(2) = 1.41): issue #3 stays open on it.
-    assert ratios["z500"] < 2.0 and ratios["t850"] < 2.0
+    # The issue's bar, on every lead time up to 15 days: RMSE below 1.5 x climatology's. A
+    # forecast with a perfect climate but no skill left sits at sqrt(2) = 1.41; one that drifts or
+    # amplifies goes past 1.5 (without the default input noise, seed 1 reached 1.64 for z500 and
+    # 2.33 for sp). Every channel is held to it, not only the two the issue names.
+    assert ratios["z500"] < 1.5 and ratios["t850"] < 1.5
+    assert max(ratios.values()) < 1.5, ratios

@@ -213,3 +213,9 @@ def test_loading_for_an_archive_checks_it(small_archive, tmp_path):
     )
     with pytest.raises(PackageError, match=r"package-only: \['msl'\]"):
         load_for_archive(tmp_path / "p", other)
+
+
+def test_input_noise_is_validated():
+    with pytest.raises(ValueError, match="input_noise"):
+        TrainConfig(input_noise=-0.1)
+    assert TrainConfig().input_noise > 0  # the default trains on noisy inputs (15-day stability)

@@ -55,10 +55,15 @@ class TrainConfig:
     channel_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     max_batches_per_epoch: int | None = 120  # bounds an epoch: the 2-core budget is 3 minutes
     skill_inits: int = 32  # validation initial times scored for skill.json
+    input_noise: float = 1.0  # training inputs get N(0, (input_noise x 6-h-difference std)²) noise
 
     def __post_init__(self):
         if not 2 <= self.finetune_rollout_steps <= 4 and self.finetune_epochs:
             raise ValueError(f"finetune_rollout_steps must be 2..4, got {self.finetune_rollout_steps}")
+        if not 0 <= self.input_noise < 5:
+            raise ValueError(
+                f"input_noise is in units of the 6-hour-difference std: 0 <= it < 5, got {self.input_noise}"
+            )
 
     @property
     def total_epochs(self) -> int:
@@ -115,8 +120,17 @@ class WeightedLoss(torch.nn.Module):
         return (self.weights * err.square()).mean()
 
 
-def _rollout_loss(model, loss_fn, batch, device, autocast: bool) -> torch.Tensor:
+def _rollout_loss(
+    model, loss_fn, batch, device, autocast: bool, noise: float = 0.0, noise_seed: int = 0
+) -> torch.Tensor:
     state = batch.state.to(device)
+    if noise > 0:
+        # Noisy inputs, clean targets: the model learns to pull perturbed states back towards
+        # the data rather than amplify them, which keeps long autoregressive rollouts stable.
+        # The noise is a function of (seed, step), so a resumed run draws the same noise.
+        g = torch.Generator().manual_seed(noise_seed)
+        eps = torch.randn(state.shape, generator=g).to(device)
+        state = state + noise * model.diff_std * eps
     hours = batch.time_hours.to(device)
     targets = batch.targets.to(device)
     total = 0.0
@@ -214,7 +228,8 @@ def train(
                 break
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, progress["step"], total_steps)
-            loss = _rollout_loss(model, loss_fn, batch, dev, autocast)
+            noise_seed = (seed * 1_000_003 + progress["step"]) * 64 + ranks.rank
+            loss = _rollout_loss(model, loss_fn, batch, dev, autocast, cfg.input_noise, noise_seed)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             distributed.average_gradients(model.net, ranks)

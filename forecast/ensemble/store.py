@@ -1,0 +1,215 @@
+"""The forecast store (DESIGN §2.3): ensemble members on disk, one Zarr v3 group.
+
+`fields` has dims (init_time, member, lead_time, channel, lat, lon), one chunk per
+(init, member, lead): all output channels of one member at one lead over the output box.
+A member block therefore owns whole chunks, and two writers never share one. Lead 0 holds each
+member's perturbed initial state. Member coordinates `checkpoint`, `perturbation` and `sign`
+identify every member.
+
+Completeness is explicit: unwritten chunks read back as NaN without error, so `complete`
+(init_time, member) is set to 1 only after all of a block's leads are written (one chunk per
+element, so each block writes only its own). Readers should use members where complete == 1.
+
+A run that keeps statistics only (`store_members=False`) creates no `fields` and no
+`complete`: its disk use does not grow with the member count.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from forecast.archive import TIME_UNITS, from_hours, library_versions, to_hours
+from forecast.ensemble.members import Block, Layout
+
+CONTRACT = "forecast-store/1"
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+class ForecastStore:
+    def __init__(self, group: zarr.Group, location: str):
+        self.group = group
+        self.location = str(location)
+        if group.attrs.get("contract") != CONTRACT:
+            raise StoreError(f"{location}: not a forecast store (contract {group.attrs.get('contract')!r})")
+
+    # -- creating and opening ----------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        location: str,
+        layout: Layout,
+        init_times: Sequence[np.datetime64],
+        lead_hours: Sequence[int],
+        channels: Sequence[str],
+        lat: np.ndarray,
+        lon: np.ndarray,
+        run: dict,
+        store_members: bool = True,
+    ) -> ForecastStore:
+        """A new store for `init_times`. `run` (JSON-able) holds every setting that decides the
+        members' values; reopening checks it, so a rerun cannot mix two different runs."""
+        group = zarr.open_group(str(location), mode="w-")
+        coords = layout.coords()
+        n_init, n_mem, n_lead = len(init_times), layout.size, len(lead_hours)
+        c, nlat, nlon = len(channels), len(lat), len(lon)
+
+        def coord(name, values, dims, dtype, attrs=None):
+            values = np.asarray(values).astype(dtype)
+            arr = group.create_array(
+                name, shape=values.shape, dtype=dtype, dimension_names=dims, attributes=attrs or {}
+            )
+            arr[...] = values
+
+        t = group.create_array(
+            "init_time",
+            shape=(n_init,),
+            chunks=(4096,),
+            dtype="int64",
+            dimension_names=["init_time"],
+            attributes={
+                "units": TIME_UNITS,
+                "calendar": "proleptic_gregorian",
+                "standard_name": "forecast_reference_time",
+            },
+        )
+        t[:] = to_hours(np.asarray(init_times))
+        if store_members:  # statistics only: the layout lives in the attributes, no member axis
+            coord("member", coords["member"], ["member"], "int32")
+            coord("checkpoint", coords["checkpoint"], ["member"], str, {"long_name": "model checkpoint (package name)"})
+            coord("perturbation", coords["perturbation"], ["member"], "int32", {"long_name": "perturbation index"})
+            coord("sign", coords["sign"], ["member"], "int8", {"long_name": "sign of the perturbation (+1 or -1)"})
+        coord(
+            "lead_time",
+            np.asarray(lead_hours, np.int64),
+            ["lead_time"],
+            "int64",
+            {"units": "hours", "long_name": "lead time"},
+        )
+        coord("channel", list(channels), ["channel"], str)
+        coord(
+            "lat",
+            np.asarray(lat, np.float64),
+            ["lat"],
+            "float64",
+            {"units": "degrees_north", "standard_name": "latitude"},
+        )
+        coord(
+            "lon",
+            np.asarray(lon, np.float64),
+            ["lon"],
+            "float64",
+            {"units": "degrees_east", "standard_name": "longitude"},
+        )
+        if store_members:
+            group.create_array(
+                "fields",
+                shape=(n_init, n_mem, n_lead, c, nlat, nlon),
+                chunks=(1, 1, 1, c, nlat, nlon),
+                dtype="float32",
+                fill_value=np.nan,
+                compressors=None,  # as the archive: float32 weather fields barely compress
+                dimension_names=["init_time", "member", "lead_time", "channel", "lat", "lon"],
+                attributes={"long_name": "ensemble member fields", "coordinates": "checkpoint perturbation sign"},
+            )
+            group.create_array(
+                "complete",
+                shape=(n_init, n_mem),
+                chunks=(1, 1),
+                dtype="uint8",
+                fill_value=0,
+                dimension_names=["init_time", "member"],
+                attributes={"long_name": "1 where all lead times of the member are written"},
+            )
+        group.attrs.update(
+            {
+                "contract": CONTRACT,
+                "run": json.loads(json.dumps(run)),
+                "store_members": bool(store_members),
+                "members": layout.size,
+                "checkpoints": list(layout.checkpoints),
+                "perturbations_per_checkpoint": layout.perturbations,
+                "software": library_versions(),
+            }
+        )
+        return cls(group, str(location))
+
+    @classmethod
+    def open(cls, location: str, mode: str = "r") -> ForecastStore:
+        try:
+            group = zarr.open_group(str(location), mode=mode)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+            raise StoreError(f"{location}: no forecast store there ({e})") from e
+        return cls(group, str(location))
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def run(self) -> dict:
+        return dict(self.group.attrs["run"])
+
+    @property
+    def store_members(self) -> bool:
+        return bool(self.group.attrs["store_members"])
+
+    @property
+    def init_times(self) -> np.ndarray:
+        return from_hours(self.group["init_time"][:])
+
+    @property
+    def lead_hours(self) -> np.ndarray:
+        return np.asarray(self.group["lead_time"][:])
+
+    @property
+    def channels(self) -> list[str]:
+        return [str(c) for c in self.group["channel"][:]]
+
+    def init_index(self, init_time: np.datetime64) -> int:
+        hits = np.flatnonzero(self.init_times == np.datetime64(init_time, "h"))
+        if not len(hits):
+            raise StoreError(f"{self.location}: init time {init_time} is not in this store")
+        return int(hits[0])
+
+    def add_init_time(self, init_time: np.datetime64) -> int:
+        """Grow the init_time axis by one (a daily run or a backfill appending)."""
+        when = np.datetime64(init_time, "h")
+        if when in set(self.init_times):
+            return self.init_index(when)
+        n = len(self.init_times)
+        self.group["init_time"].resize((n + 1,))
+        for name in ("fields", "complete"):
+            if name in self.group:
+                arr = self.group[name]
+                arr.resize((n + 1, *arr.shape[1:]))
+        self.group["init_time"][n] = to_hours(np.asarray([when]))[0]
+        return n
+
+    # -- members ------------------------------------------------------------------------------
+    def write_lead(self, init_index: int, block: Block, lead_index: int, values: np.ndarray) -> None:
+        """values (block members, channel, lat, lon) already cut to the output channels/box."""
+        self.group["fields"][init_index, block.start : block.stop, lead_index] = values
+
+    def mark_complete(self, init_index: int, block: Block) -> None:
+        self.group["complete"][init_index, block.start : block.stop] = 1
+
+    def complete(self, init_index: int) -> np.ndarray:
+        if "complete" not in self.group:
+            return np.zeros(int(self.group.attrs["members"]), bool)
+        return self.group["complete"][init_index].astype(bool)
+
+    def read_member(self, init_index: int, member: int) -> np.ndarray:
+        return self.group["fields"][init_index, member]
+
+
+def open_forecast(location: str) -> xr.Dataset:
+    """The store as a lazy, labelled Dataset (members, statistics and coordinates)."""
+    ds = xr.open_zarr(str(location), consolidated=False, decode_times=False, drop_variables=["online_state"])
+    ds = xr.decode_cf(ds)
+    ds = ds.set_coords([c for c in ("checkpoint", "perturbation", "sign", "complete") if c in ds.variables])
+    return ds
