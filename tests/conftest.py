@@ -84,3 +84,12 @@ def world_packages(world_archive, tmp_path_factory) -> list[str]:
         train(world_archive, root / f"ckpt{seed}", seed=seed, cfg=cfg, device="cpu")
         out.append(str(root / f"ckpt{seed}"))
     return out
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real temporary Prefect server (about 12 s to start), shared by the flow tests."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -10,14 +10,6 @@ from forecast.archive import open_archive
 from forecast.ingest.pipeline import group_sources
 
 
-@pytest.fixture(scope="session")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def test_group_sources_by_month():
     files = [
         "/d/era5_world_sfc_200002.nc",

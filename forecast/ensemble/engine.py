@@ -372,6 +372,23 @@ def open_or_create_store(plan: Plan, out: str) -> tuple[ForecastStore, int]:
     return store, store.add_init_time(plan.init_time)
 
 
+def catch_up(plan: Plan, store: ForecastStore, init_index: int, online: OnlineState) -> list[int]:
+    """Blocks whose members are stored complete but are missing from the online statistics
+    (a worker's result lost before it was merged) are read back from the store, not rerun."""
+    if not store.store_members:
+        return []
+    complete = store.complete(init_index)
+    missing = [b for b in plan.layout.blocks(plan.block_size) if complete[b.start : b.stop].all() and not online.has(b)]
+    for block in missing:
+        for k in range(len(plan.output_leads)):
+            values = store.group["fields"][init_index, block.start : block.stop, k]
+            online.update(k, torch.from_numpy(np.asarray(values)))
+        online.add_block(block)
+    if missing:
+        log.info("%s: statistics caught up from %d stored blocks", store.location, len(missing))
+    return [b.index for b in missing]
+
+
 def run_ensemble(
     archive: str,
     packages: Sequence[str],
@@ -381,15 +398,22 @@ def run_ensemble(
     device: str | None = None,
     progress: bool = True,
     blocks: Sequence[int] | None = None,
+    private_state: bool = False,
 ) -> dict:
-    """Run (or resume) the ensemble from `init_time` into the store at `out`. `blocks` limits
-    the run to those block indices (a worker's share); None runs all. Returns a summary."""
+    """Run (or resume) the ensemble from `init_time` into the store at `out`. Returns a summary.
+
+    `blocks` limits the run to those block indices (a worker's share); None runs all. With
+    `private_state` the online statistics of this call's blocks are kept apart from the
+    store's and returned as bytes (`summary["online_state"]`) for the caller to merge: several
+    processes then never write the shared state."""
     dev = torch.device(device) if device else _default_device()
     plan = plan_run(archive, packages, init_time, settings)
     store, init_index = open_or_create_store(plan, out)
     all_blocks = plan.layout.blocks(plan.block_size)
     mine = all_blocks if blocks is None else [all_blocks[i] for i in blocks]
-    online = OnlineState(store, init_index, len(all_blocks), accumulators_for(plan))
+    online = OnlineState(store, init_index, len(all_blocks), accumulators_for(plan), persistent=not private_state)
+    if not private_state:
+        catch_up(plan, store, init_index, online)
     complete = store.complete(init_index)
     todo = [b for b in mine if not (complete[b.start : b.stop].all() if store.store_members else online.has(b))]
     log.info(
@@ -416,9 +440,10 @@ def run_ensemble(
     finally:
         writer.close()
         bar.close()
-    if online.complete():
+    if online.complete() and not private_state:
         online.write_results()
     return {
+        **({"online_state": online.to_bytes()} if private_state else {}),
         "store": str(out),
         "init_time": str(plan.init_time),
         "members": plan.layout.size,

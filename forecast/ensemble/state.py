@@ -22,11 +22,14 @@ STATE_ARRAY = "online_state"
 
 
 class OnlineState:
-    def __init__(self, store, init_index: int, n_blocks: int, accumulators: list[Accumulator]):
+    def __init__(self, store, init_index: int, n_blocks: int, accumulators: list[Accumulator], persistent: bool = True):
+        """`persistent=False`: a worker's private state, neither loaded from nor saved to the store."""
         self.store, self.init_index = store, init_index
         self.accumulators = accumulators
+        self.persistent = persistent
         self.done = torch.zeros(n_blocks, dtype=torch.uint8)
-        self._load()
+        if persistent:
+            self._load()
 
     # -- bookkeeping ----------------------------------------------------------------------
     def has(self, block: Block) -> bool:
@@ -42,7 +45,8 @@ class OnlineState:
     def add_block(self, block: Block) -> None:
         """The block's every lead is in the accumulators: record it and save, atomically."""
         self.done[block.index] = 1
-        self._save()
+        if self.persistent:
+            self.save()
 
     def merge(self, other: OnlineState) -> None:
         """Fold in another process's accumulators (disjoint blocks)."""
@@ -69,7 +73,7 @@ class OnlineState:
             prefix = f"{acc.name}."
             acc.load_state({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
 
-    def _save(self) -> None:
+    def save(self) -> None:
         blob = np.frombuffer(self.to_bytes(), dtype=np.uint8)
         group = self.store.group
         n_init = group["init_time"].shape[0]

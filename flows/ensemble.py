@@ -1,0 +1,150 @@
+"""Prefect flow: a huge ensemble with member blocks as tasks on a Dask cluster (prefect-dask).
+
+The flow plans the run and creates the store before fanning out, so workers only ever open
+it. Each task runs its blocks with a private copy of the online statistics and returns it;
+the flow merges the results in submission order and saves the merged state after each one,
+so a rerun after a crash redoes only the blocks that are neither stored nor merged. The same
+code runs on a `LocalCluster` (tests, one machine) or, given a scheduler address, on
+dask-cuda or dask-jobqueue clusters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from forecast.ensemble.engine import (
+    RunSettings,
+    accumulators_for,
+    catch_up,
+    open_or_create_store,
+    plan_run,
+    run_ensemble,
+)
+from forecast.ensemble.state import OnlineState
+
+
+def settings_from(params: dict | None) -> RunSettings:
+    params = dict(params or {})
+    for key in ("output_leads", "channels", "crop"):
+        if params.get(key) is not None:
+            params[key] = tuple(params[key])
+    params["thresholds"] = {k: tuple(v) for k, v in params.get("thresholds", {}).items()}
+    return RunSettings(**params)
+
+
+@task(retries=2, retry_delay_seconds=5, task_run_name="ensemble blocks {blocks}")
+def run_blocks(
+    archive: str,
+    packages: list[str],
+    init_time: str,
+    out: str,
+    settings: dict,
+    blocks: list[int],
+    device: str | None = None,
+    threads: int | None = None,
+) -> bytes:
+    """One worker's share: these blocks' members written, their statistics returned."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    summary = run_ensemble(
+        archive, packages, init_time, out, settings_from(settings), device=device, progress=False,
+        blocks=blocks, private_state=True,
+    )  # fmt: skip
+    return summary["online_state"]
+
+
+@flow(name="huge-ensemble")
+def ensemble_flow(
+    archive: str,
+    packages: list[str],
+    init_time: str,
+    out: str,
+    settings: dict | None = None,
+    blocks_per_task: int = 1,
+    device: str | None = None,
+    threads_per_task: int | None = None,
+) -> dict:
+    logger = get_run_logger()
+    run = settings_from(settings)
+    plan = plan_run(archive, packages, init_time, run)
+    store, init_index = open_or_create_store(plan, out)
+    all_blocks = plan.layout.blocks(plan.block_size)
+    # The block size is fixed here, once, so every worker cuts the same blocks.
+    fixed = {**dataclasses.asdict(run), "block_size": plan.block_size}
+    if store.store_members:
+        # Blocks already in the statistics but not marked complete (a single-process run
+        # killed between the two): their members are rewritten here, their statistics kept.
+        saved, complete = OnlineState(store, init_index, len(all_blocks), []), store.complete(init_index)
+        repair = [b.index for b in all_blocks if saved.has(b) and not complete[b.start : b.stop].all()]
+        if repair:
+            run_ensemble(
+                archive, packages, init_time, out, settings_from(fixed), device=device, progress=False, blocks=repair
+            )
+    state = OnlineState(store, init_index, len(all_blocks), accumulators_for(plan))
+    catch_up(plan, store, init_index, state)
+    todo = [b.index for b in all_blocks if not state.has(b)]
+    logger.info("%d members in %d blocks; %d blocks to run", plan.layout.size, len(all_blocks), len(todo))
+    shares = [todo[i : i + blocks_per_task] for i in range(0, len(todo), blocks_per_task)]
+    futures = [
+        run_blocks.submit(archive, packages, init_time, out, fixed, share, device, threads_per_task) for share in shares
+    ]
+    for future in futures:
+        part = OnlineState(store, init_index, len(all_blocks), accumulators_for(plan), persistent=False)
+        part.from_bytes(future.result())
+        state.merge(part)
+        state.save()
+    if state.complete():
+        state.write_results()
+    summary = {
+        "store": out,
+        "init_time": str(plan.init_time),
+        "members": plan.layout.size,
+        "blocks": len(all_blocks),
+        "blocks_run": len(todo),
+        "statistics_complete": state.complete(),
+    }
+    create_markdown_artifact(
+        key="ensemble-run",
+        markdown=(
+            f"# Ensemble {plan.init_time}\n\n{plan.layout.size} members "
+            f"({len(plan.layout.checkpoints)} checkpoints x {plan.layout.perturbations} perturbations x 2), "
+            f"{len(todo)} of {len(all_blocks)} blocks run, store `{out}`"
+        ),
+    )
+    return summary
+
+
+def run_on_dask(
+    archive: str,
+    packages: list[str],
+    init_time: str,
+    out: str,
+    settings: dict | None = None,
+    address: str | None = None,
+    n_workers: int = 2,
+    **kwargs,
+) -> dict:
+    """The flow on a Dask cluster: the scheduler at `address`, or a fresh `LocalCluster` of
+    `n_workers` single-threaded processes (torch gets the cores split between them)."""
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        runner = DaskTaskRunner(address=address)
+    else:
+        runner = DaskTaskRunner(
+            cluster_class="distributed.LocalCluster",
+            cluster_kwargs={
+                "n_workers": n_workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+            },
+        )
+        kwargs.setdefault("threads_per_task", max(1, (os.cpu_count() or 1) // n_workers))
+    return ensemble_flow.with_options(task_runner=runner)(archive, packages, init_time, out, settings, **kwargs)
