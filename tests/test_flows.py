@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from synthetic import fields, six_hourly, write_cds
 
 from forecast.archive import open_archive
