@@ -169,3 +169,46 @@ def test_physics_ensemble_centred_pairs_and_growing_spread(world_two_years, tmp_
         pressure_level=500, valid_time="2000-03-10T00"
     )
     assert float(np.abs(pair_means[0] - analysis).max()) < 0.1 * half_difference
+
+
+def test_physics_ensemble_uses_hemispheric_bred_vectors_and_the_forecast_store_layout(world_two_years, tmp_path):
+    from forecast.ensemble.store import open_forecast
+    from forecast.world.ensemble import (
+        _scale_to,
+        band_temperature_rms,
+        physics_ensemble,
+        physics_to_store,
+        restart_before,
+    )
+    from forecast.world.generate import World
+
+    # the rescaling: both 20-90 degree bands at the amplitude (to the modal round trip)
+    world = World()
+    ds = physics_ensemble(
+        world_two_years, "2000-05-02T00", members=4, lead_hours=24, amplitude_kelvin=0.5, progress=False
+    )
+    _, arrays = restart_before(world_two_years, np.datetime64("2000-05-01T00", "h"))
+    arrays.pop("target_mass")
+    control = state_from_numpy(arrays)
+    rng = np.random.default_rng(0)
+    noisy = control.temperature_variation[None] * (
+        1 + 0.01 * jnp.asarray(rng.standard_normal((3, *control.temperature_variation.shape)))
+    )
+    batch = jax.tree.map(lambda x: jnp.broadcast_to(x, (3, *jnp.shape(x))), control)
+    perturbed = dataclasses.replace(batch, temperature_variation=noisy)
+    bred = _scale_to(world, batch, perturbed, 0.5)
+    north, south = band_temperature_rms(world, bred.temperature_variation)
+    assert np.allclose(np.asarray(north), 0.5, rtol=0.03) and np.allclose(np.asarray(south), 0.5, rtol=0.03)
+
+    out = physics_to_store(ds, tmp_path / "physics.zarr")
+    store = open_forecast(str(out))
+    assert store.fields.dims == ("init_time", "member", "lead_time", "channel", "lat", "lon")
+    assert store.fields.shape[:3] == (1, 4, 5) and (store.checkpoint.values == "world").all()
+    assert list(store.sign.values) == [1, -1, 1, -1] and list(store.perturbation.values) == [0, 0, 1, 1]
+    assert store.complete.values.all() and {"z500", "t850", "t2m"} <= set(store.channel.values)
+    x = store.fields.values[0]
+    assert np.allclose(store.ensemble_mean.values[0], x.mean(0), rtol=1e-6, atol=1e-3)
+    # the members are the CDS dataset's, converted to channels (z in m2 s-2 like the archive)
+    z500 = ds.z.sel(pressure_level=500).isel(number=1, valid_time=4).values
+    got = store.fields.sel(channel="z500").values[0, 1, 4]
+    assert np.allclose(got, z500[:: 1 if ds.latitude[0] > ds.latitude[-1] else -1], rtol=1e-6)

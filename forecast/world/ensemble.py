@@ -1,12 +1,18 @@
 """The physics ensemble: the world's own model run from bred perturbed states.
 
 This is the reference the ML ensemble is compared with (as HENS compared with the IFS
-ensemble). Perturbations are bred in the dynamical core's own spectral state space, as
-operational centres perturb their own models: starting 3 cycles (18 h) before the init time
-from independent random temperature seeds, each 6-hour cycle advances the control and the
-perturbed states, takes their difference and rescales it to a fixed global RMS temperature
-amplitude. Members are the control at the init time plus and minus each bred vector
-(centred pairs). All members advance together as one batch (jax.vmap), not one by one.
+ensemble). The perturbations are the ML engine's hemispheric-centred bred vectors (DESIGN
+§3.1) bred with the world's own solver in its own state space, as operational centres perturb
+their own models: starting 3 cycles (18 h) before the init time from a seed field with the
+HENS 500 km spectrum on temperature (one seed per pair, hashed from (base seed, "world",
+init time, pair) as the ML members' are), each 6-hour cycle advances the control once and the
+perturbed states together, takes their difference and rescales it so the area-weighted RMS
+temperature over 20–90°N and over 20–90°S equals the amplitude (tropical rows divided by a
+norm interpolated linearly between the two). Temperature is the norm because the solver's
+state has no pressure-level channels to rescale one by one. Members are the control at the
+init time plus and minus each bred vector (centred pairs). All members advance together as
+one batch (jax.vmap), not one by one. `physics_to_store` writes them in the forecast-store
+layout, statistics included, so the two ensembles are compared with the same code.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ import pandas as pd
 import xarray as xr
 from tqdm.auto import tqdm
 
-from forecast.world.dynamics import UNITS, WorldPhysics, area_mean, as_numpy_state, state_from_numpy
+from forecast.ensemble.members import member_seed
+from forecast.ensemble.perturbation import HEMISPHERE_EDGE_DEG, seed_spectrum
+from forecast.world.dynamics import UNITS, WorldPhysics, as_numpy_state, state_from_numpy
 from forecast.world.generate import OUTPUT_HOURS, World, fields_to_datasets, write_netcdf_atomic
 
 log = logging.getLogger(__name__)
@@ -46,26 +54,51 @@ def restart_before(world_dir: Path, when: np.datetime64) -> tuple[np.datetime64,
         return stamp, dict(f)
 
 
-def _temperature_rms(world: World, temperature_variation) -> jax.Array:
-    """Global RMS (all levels, area-weighted) of a modal temperature perturbation, in kelvin."""
+def band_temperature_rms(world: World, temperature_variation) -> tuple[jax.Array, jax.Array]:
+    """(north, south): area-weighted RMS in kelvin of a batch of modal temperature
+    perturbations over all levels and 20–90°N / 20–90°S."""
     grid = world.core.coords.horizontal
-    nodal = grid.to_nodal(temperature_variation)
     kelvin = world.core.specs.nondimensionalize(1 * UNITS.degK)
-    return jnp.sqrt(jnp.mean(area_mean(grid, nodal**2), axis=-1)) / kelvin
+    sq = jnp.mean(jax.vmap(grid.to_nodal)(temperature_variation) ** 2, axis=(1, 2))  # (batch, lat)
+    lat = np.rad2deg(np.arcsin(grid.nodal_axes[1]))
+    w = np.asarray(grid.quadrature_weights).mean(axis=0)  # per latitude (the same at every longitude)
+
+    def band(rows):
+        return jnp.sqrt(jnp.sum(sq[:, rows] * w[rows], axis=-1) / np.sum(w[rows])) / kelvin
+
+    return band(lat >= HEMISPHERE_EDGE_DEG), band(lat <= -HEMISPHERE_EDGE_DEG)
 
 
 def _scale_to(world: World, control, perturbed, amplitude: float):
-    """control + (perturbed - control) rescaled to the amplitude, for a batch of perturbed states."""
+    """control + (perturbed - control) rescaled hemispherically (DESIGN §3.1, temperature as
+    the norm), for a batch of perturbed states."""
+    grid = world.core.coords.horizontal
     diff = jax.tree.map(lambda p, c: p - c, perturbed, control)
-    rms = jax.vmap(lambda d: _temperature_rms(world, d))(diff.temperature_variation)
-    factor = amplitude / jnp.maximum(rms, 1e-12)
+    north, south = band_temperature_rms(world, diff.temperature_variation)
+    lat = np.rad2deg(np.arcsin(grid.nodal_axes[1]))
+    a = jnp.asarray(np.clip((lat + HEMISPHERE_EDGE_DEG) / (2 * HEMISPHERE_EDGE_DEG), 0, 1))
+    north = jnp.where(north > 0, north, amplitude)  # a zero norm is left alone
+    south = jnp.where(south > 0, south, amplitude)
+    factor = amplitude / (north[:, None] * a + south[:, None] * (1 - a))  # (batch, lat)
 
     def scale(d):
-        return d * factor.reshape((-1,) + (1,) * (d.ndim - 1))
+        nodal = jax.vmap(grid.to_nodal)(d)  # (batch, ..., lon, lat)
+        f = factor.reshape((factor.shape[0],) + (1,) * (nodal.ndim - 2) + (factor.shape[1],))
+        return jax.vmap(grid.to_modal)(nodal * f)
 
     scaled = {f: scale(getattr(diff, f)) for f in SPECTRAL_FIELDS}
     tracers = {k: scale(v) for k, v in diff.tracers.items()}
     return dataclasses.replace(diff, **scaled, tracers=tracers, sim_time=perturbed.sim_time)
+
+
+def _seed_field(world: World, control, seed: int) -> np.ndarray:
+    """A modal temperature seed with the HENS 500 km amplitude spectrum, from its own seed."""
+    grid = world.core.coords.horizontal
+    ell = np.asarray(grid.modal_axes[1], np.float64)
+    sigma = seed_spectrum()(ell)  # per total wavenumber, along the last modal axis
+    shape = control.temperature_variation.shape
+    values = np.random.default_rng(seed).standard_normal(shape) * sigma
+    return values * np.asarray(grid.mask, np.float64)
 
 
 def _add(control, diff, sign: float):
@@ -115,8 +148,8 @@ def physics_ensemble(
 
     pairs = members // 2
     kelvin = core.specs.nondimensionalize(1 * UNITS.degK)
-    keys = jax.random.split(jax.random.PRNGKey(seed), pairs)  # independent seeds per pair
-    noise = jax.vmap(lambda k: jax.random.normal(k, control.temperature_variation.shape))(keys) * kelvin
+    seeds = [member_seed(seed, "world", init, k) for k in range(pairs)]  # independent, regenerable
+    noise = jnp.asarray(np.stack([_seed_field(world, control, s) for s in seeds])) * kelvin
     perturbed = _broadcast(world.at(control, start), pairs)
     perturbed = dataclasses.replace(perturbed, temperature_variation=perturbed.temperature_variation + noise)
     perturbed = _scale_to(world, _broadcast(control, pairs), perturbed, amplitude_kelvin)
@@ -162,8 +195,8 @@ def physics_ensemble(
     ds.attrs.update(
         {
             "title": "built-in world physics ensemble",
-            "perturbation": f"bred vectors in model space: {BREEDING_CYCLES} cycles of {OUTPUT_HOURS} h, "
-            f"global RMS temperature {amplitude_kelvin} K, centred pairs",
+            "perturbation": f"hemispheric-centred bred vectors in the solver's state space: {BREEDING_CYCLES} "
+            f"cycles of {OUTPUT_HOURS} h, RMS temperature {amplitude_kelvin} K over 20-90N and 20-90S, centred pairs",
             "members": members,
             "seed": seed,
         }
@@ -172,3 +205,63 @@ def physics_ensemble(
     if out is not None:
         write_netcdf_atomic(ds, Path(out))
     return ds
+
+
+def physics_to_store(ds: xr.Dataset, out: str | Path, channels: list[str] | None = None) -> str:
+    """Write a `physics_ensemble` dataset in the forecast-store layout (DESIGN §2.3): dims
+    (init_time, member, lead_time, channel, lat, lon), checkpoint "world", perturbation and
+    sign per member, completeness, and the same online statistics as the ML engine's."""
+    import torch
+
+    from forecast.ensemble.members import Layout
+    from forecast.ensemble.online import EnsembleMoments
+    from forecast.ensemble.state import OnlineState
+    from forecast.ensemble.store import ForecastStore
+    from forecast.ingest.sources import canonical, read_values
+    from forecast.vocabulary import parse_channel
+
+    members = int(ds.sizes["number"])
+    layout = Layout(("world",), members // 2)
+    init = np.datetime64(pd.Timestamp(ds.init_time.values).to_datetime64(), "h")
+    leads = [int(h) for h in ds.lead_time.values]
+    converted = [canonical(ds, "physics ensemble", member=n) for n in range(members)]
+    available = []
+    for name in channels or [str(c) for c in _all_channels(converted[0])]:
+        variable, level = parse_channel(name)
+        if variable.short in converted[0]:
+            available.append(name)
+    lat, lon = converted[0].lat.values, converted[0].lon.values
+
+    def member_fields(c: xr.Dataset) -> np.ndarray:
+        out = []
+        for name in available:
+            variable, level = parse_channel(name)
+            da = c[variable.short]
+            out.append(read_values(da.sel(level=level) if level is not None else da))
+        return np.stack(out, axis=1).astype(np.float32)  # (lead, channel, lat, lon)
+
+    run = {"source": "built-in world physics ensemble", "attrs": {k: str(v) for k, v in ds.attrs.items()}}
+    store = ForecastStore.create(str(out), layout, [init], leads, available, lat, lon, run=run)
+    block = layout.blocks(members)[0]
+    fields = np.stack([member_fields(c) for c in converted])  # (member, lead, channel, lat, lon)
+    state = OnlineState(store, 0, 1, [EnsembleMoments(len(leads), fields.shape[2:])])
+    for k in range(len(leads)):
+        store.write_lead(0, block, k, fields[:, k])
+        state.update(k, torch.from_numpy(fields[:, k]))
+    state.add_block(block)
+    store.mark_complete(0, block)
+    state.write_results()
+    return str(out)
+
+
+def _all_channels(c: xr.Dataset) -> list[str]:
+    from forecast.vocabulary import by_short, channel_name
+
+    names = []
+    for short, da in c.data_vars.items():
+        v = by_short(short)
+        if "level" in da.dims:
+            names += [channel_name(v, float(level)) for level in da.level.values]
+        else:
+            names.append(channel_name(v, None))
+    return names
