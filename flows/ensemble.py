@@ -147,4 +147,12 @@ def run_on_dask(
             },
         )
         kwargs.setdefault("threads_per_task", max(1, (os.cpu_count() or 1) // n_workers))
-    return ensemble_flow.with_options(task_runner=runner)(archive, packages, init_time, out, settings, **kwargs)
+    # distributed's LocalCluster sets OMP_NUM_THREADS=1 (and MKL_..., OPENBLAS_...) in this
+    # process's environment for its workers and leaves it there: every subprocess started
+    # later would then run torch on one thread, with other rounding than this process.
+    saved = dict(os.environ)
+    try:
+        return ensemble_flow.with_options(task_runner=runner)(archive, packages, init_time, out, settings, **kwargs)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import tree_digest
 
 from forecast.archive import Archive
@@ -153,7 +154,12 @@ def _cli(*args: str) -> list[str]:
 
 
 def test_a_killed_run_resumes_only_missing_blocks_to_the_same_store(world_archive, world_packages, tmp_path):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    # The subprocess computes with this process's thread count: rounding depends on it.
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+        OMP_NUM_THREADS=str(torch.get_num_threads()),
+    )
     args = ["run", "--archive", world_archive, "--packages", *world_packages, "--init-time", INIT]
     args += ["--perturbations", "4", "--lead-hours", "240", "--block-size", "2", "--device", "cpu"]
     args += ["--threshold", "t2m>285"]

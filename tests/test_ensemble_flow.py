@@ -3,6 +3,8 @@ give the same store as one process."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from flows.ensemble import run_on_dask
@@ -18,7 +20,10 @@ def test_blocks_on_a_dask_cluster_equal_one_process(prefect_server, world_archiv
     settings = RunSettings(**{**SETTINGS, "thresholds": {"t2m": (285.0,)}})
     run_ensemble(world_archive, world_packages, INIT, str(single), settings, progress=False)
     spread = tmp_path / "dask.zarr"
+    environment = dict(os.environ)
     summary = run_on_dask(world_archive, world_packages, INIT, str(spread), SETTINGS, n_workers=2)
+    # distributed sets OMP_NUM_THREADS=1 for its workers in the parent's environment: not left behind
+    assert dict(os.environ) == environment
     assert summary["blocks"] == 6 and summary["blocks_run"] == 6 and summary["statistics_complete"]
     a, b = open_forecast(str(single)), open_forecast(str(spread))
     assert b.complete.values.all()

@@ -159,7 +159,12 @@ def test_killed_training_process_resumes_to_the_same_weights(small_archive, tmp_
     )
     args = ["train", "--archive", small_archive, "--seed", "11", "--config", str(config), "--device", "cpu"]
     root = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    # The subprocess computes with this process's thread count: rounding depends on it.
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+        OMP_NUM_THREADS=str(torch.get_num_threads()),
+    )
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
         [sys.executable, "-m", "forecast.cli", "-q", *args, "--out", str(killed)],

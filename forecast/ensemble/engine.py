@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from forecast import vocabulary
 from forecast.archive import Archive, to_hours
 from forecast.ensemble.members import Block, Layout, compose
 from forecast.ensemble.online import Accumulator, EnsembleMoments, ExceedanceCounts
@@ -155,8 +156,6 @@ def plan_run(archive: str, packages: Sequence[str], init_time: str | np.datetime
             lon_index = _index_range(lon, lon_min % 360, lon_max % 360, "longitudes")
         else:  # the box crosses the prime meridian
             lon_index = np.concatenate([np.flatnonzero(lon >= lon_min % 360), np.flatnonzero(lon <= lon_max % 360)])
-    from forecast import vocabulary
-
     model_batch = settings.block_size or choose_block_size(archive, packages[0], layout.per_checkpoint)
     return Plan(
         archive=str(archive),
