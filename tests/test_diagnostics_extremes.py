@@ -1,0 +1,58 @@
+"""EFI and SOT (DESIGN §3.4) against the earthkit-meteo reference cases and exact limits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import ANCHORS
+
+from forecast.diagnostics import efi, sot
+
+
+def _case(name):
+    d = json.loads((ANCHORS / f"earthkit_meteo_extreme_{name}_case.json").read_text())
+    clim = xr.DataArray(np.asarray(d["clim"], np.float64), dims="quantile")
+    ens = xr.DataArray(np.asarray(d["ens"], np.float64), dims="member")
+    return clim, ens, d["expected_upstream"]
+
+
+def test_efi_and_sot_match_the_earthkit_meteo_t2m_case():
+    clim, ens, expected = _case("t2m")
+    assert float(efi(clim, ens)) == pytest.approx(expected["efi_default_eps"], abs=1e-9)
+    assert float(efi(clim, ens, eps=1e-4)) == pytest.approx(expected["efi_eps_1e-4"], abs=1e-9)
+    # the upstream SOT values are stored with 8 decimals: agreement to half their last digit
+    assert float(sot(clim, ens, 90)) == pytest.approx(expected["sot_perc90"], abs=5e-9)
+    assert float(sot(clim, ens, 10)) == pytest.approx(expected["sot_perc10"], abs=5e-9)
+
+
+def test_efi_and_sot_match_the_earthkit_meteo_precipitation_case():
+    clim, ens, expected = _case("precip")
+    assert float(efi(clim, ens, eps=1e-4)) == pytest.approx(expected["efi_eps_1e-4"], abs=1e-9)
+    assert expected["sot_perc90_eps_1e4"] is None and np.isnan(float(sot(clim, ens, 90, eps=1e4)))
+
+
+def test_efi_reaches_plus_and_minus_one_exactly():
+    clim = xr.DataArray(np.linspace(0.0, 100.0, 101), dims="quantile")
+    above = xr.DataArray(np.full(20, 150.0), dims="member")
+    below = xr.DataArray(np.full(20, -5.0), dims="member")
+    assert float(efi(clim, above)) == pytest.approx(1.0, abs=1e-14)  # a trapezoid over 1-99 % gives ~0.875
+    assert float(efi(clim, below)) == pytest.approx(-1.0, abs=1e-14)
+    # a forecast distributed as the climate: EFI near 0
+    rng = np.random.default_rng(0)
+    same = xr.DataArray(rng.uniform(0, 100, 5000), dims="member")
+    assert abs(float(efi(clim, same))) < 0.02
+    # NaN policy: NaN members dropped, a NaN climate gives NaN
+    with_nan = xr.DataArray(np.append(np.full(20, 150.0), np.nan), dims="member")
+    assert float(efi(clim, with_nan)) == pytest.approx(1.0, abs=1e-14)
+    assert np.isnan(float(efi(clim.where(clim != 50.0), above)))
+
+
+def test_sot_is_bounded_and_validates_its_percentile():
+    clim = xr.DataArray(np.linspace(0.0, 100.0, 101), dims="quantile")
+    far = xr.DataArray(np.full(10, 1e6), dims="member")
+    assert float(sot(clim, far, 90)) == 10.0
+    with pytest.raises(ValueError, match="percentile"):
+        sot(clim, far, 50)
