@@ -16,7 +16,9 @@ keep ~1e-15 relative accuracy instead of float32's ~1e-5.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import xarray as xr
@@ -41,8 +43,59 @@ def _reduce(score: xr.DataArray, weights: xr.DataArray | None, dims: Sequence[st
     return score.weighted(weights.fillna(0)).mean(dims, skipna=True)
 
 
+_ROWS_PER_TASK = 96  # points per sort task: the float64 copy of 96 x 7,424 members stays in cache
+
+
+def _combine(skill, spread, m, estimator: str, alpha: float):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ecdf = skill - spread / (2.0 * m**2)
+        fair = np.where(m >= 2, skill - spread / (2.0 * m * (m - 1.0)), np.nan)
+    if estimator == "fair":
+        return fair
+    if estimator == "ensemble":
+        return ecdf
+    return alpha * fair + (1.0 - alpha) * ecdf
+
+
+def _crps_complete(x: np.ndarray, y: np.ndarray, estimator: str, alpha: float) -> np.ndarray:
+    """The fast path, no NaN member anywhere: x (points, m), y (points,). Rows are sorted in
+    their own dtype (numpy's SIMD sort is ~3x faster on float32, the members' storage type;
+    the order is the same), then centred and summed in float64, in row blocks on all cores."""
+    points, m = x.shape
+    out = np.empty(points, np.float64)
+    weights = 2.0 * np.arange(1, m + 1, dtype=np.float64) - m - 1.0
+
+    def block(lo: int) -> None:
+        hi = min(lo + _ROWS_PER_TASK, points)
+        xs = np.sort(x[lo:hi], axis=-1)
+        centre = xs[:, (m - 1) // 2].astype(np.float64)
+        xc = xs.astype(np.float64)
+        xc -= centre[:, None]
+        yc = y[lo:hi] - centre
+        skill = np.abs(xc - yc[:, None]).sum(axis=-1) / m
+        spread = 2.0 * (xc @ weights)
+        out[lo:hi] = _combine(skill, spread, float(m), estimator, alpha)
+
+    starts = range(0, points, _ROWS_PER_TASK)
+    workers = min(len(starts), os.cpu_count() or 1)
+    if workers > 1:  # numpy's sort, BLAS and ufuncs release the GIL
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(block, starts))
+    else:
+        for lo in starts:
+            block(lo)
+    return np.where(np.isnan(y), np.nan, out)
+
+
 def _crps_sorted(x: np.ndarray, y: np.ndarray, estimator: str, alpha: float) -> np.ndarray:
     """x (..., m) members, y (...) observation -> CRPS (...), float64."""
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
+    y = np.broadcast_to(np.asarray(y, np.float64), x.shape[:-1])
+    if x.shape[-1] and not np.isnan(x).any():
+        flat = _crps_complete(x.reshape(-1, x.shape[-1]), y.reshape(-1), estimator, alpha)
+        return flat.reshape(x.shape[:-1])
     xs = np.sort(np.asarray(x, np.float64), axis=-1)  # NaN sort last
     y = np.asarray(y, np.float64)
     valid = ~np.isnan(xs)
@@ -56,17 +109,8 @@ def _crps_sorted(x: np.ndarray, y: np.ndarray, estimator: str, alpha: float) -> 
         skill = np.where(valid, np.abs(xc - yc[..., None]), 0.0).sum(axis=-1) / m
         i = np.arange(1, xs.shape[-1] + 1, dtype=np.float64)
         spread = 2.0 * ((2.0 * i - m[..., None] - 1.0) * xc).sum(axis=-1)  # S; invalid xc are 0
-        ecdf = skill - spread / (2.0 * m.astype(np.float64) ** 2)
-        fair = skill - spread / (2.0 * m * (m - 1.0))
-    fair = np.where(m >= 2, fair, np.nan)
-    ecdf = np.where(m >= 1, ecdf, np.nan)
-    if estimator == "fair":
-        out = fair
-    elif estimator == "ensemble":
-        out = ecdf
-    else:
-        out = alpha * fair + (1.0 - alpha) * ecdf
-    return np.where(np.isnan(y), np.nan, out)
+    out = _combine(skill, spread, m.astype(np.float64), estimator, alpha)
+    return np.where(np.isnan(y) | (m == 0), np.nan, out)
 
 
 def crps(
