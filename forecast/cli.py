@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -78,18 +79,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not value:
             raise ValueError(f"--threshold {spec!r}: write CHANNEL>VALUE, e.g. t2m>303.15")
         thresholds.setdefault(channel.strip(), []).append(float(value))
-    settings = RunSettings(
-        perturbations=args.perturbations,
-        perturbation=args.perturbation,
-        lead_hours=args.lead_hours,
-        output_leads=tuple(args.output_leads) if args.output_leads else None,
-        channels=tuple(args.channels) if args.channels else None,
-        crop=crop,
-        base_seed=args.seed,
-        block_size=args.block_size,
-        store_members=not args.no_members,
-        thresholds={k: tuple(v) for k, v in thresholds.items()},
-    )
+    base = load(RunSettings, args.config)
+    overrides = {
+        "perturbations": args.perturbations,
+        "perturbation": args.perturbation,
+        "lead_hours": args.lead_hours,
+        "output_leads": tuple(args.output_leads) if args.output_leads else None,
+        "channels": tuple(args.channels) if args.channels else None,
+        "crop": crop,
+        "base_seed": args.seed,
+        "block_size": args.block_size,
+        "store_members": False if args.no_members else None,
+        "thresholds": {k: tuple(v) for k, v in thresholds.items()} or None,
+    }
+    settings = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
     start = time.perf_counter()
     summary = run_ensemble(
         args.archive, args.packages, args.init_time, args.out, settings, device=args.device, progress=not args.quiet
@@ -218,14 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--archive", required=True, help="archive with the analyses (init time and 18 h before)")
     r.add_argument("--packages", nargs="+", required=True, help="model package directories (one per checkpoint)")
     r.add_argument("--init-time", required=True, help="e.g. 2001-12-01T00")
-    r.add_argument("--perturbations", type=int, default=16, help="perturbations per checkpoint, each used +/-")
-    r.add_argument("--perturbation", default="bred", choices=["bred", "noise", "grf"])
-    r.add_argument("--lead-hours", type=int, default=360)
+    r.add_argument("--config", default=str(CONFIG_DIR / "ensemble.yaml"), help="run settings (options override)")
+    r.add_argument("--perturbations", type=int, help="perturbations per checkpoint, each used +/- (default 16)")
+    r.add_argument("--perturbation", choices=["bred", "noise", "grf"], help="default bred")
+    r.add_argument("--lead-hours", type=int, help="default 360")
     r.add_argument("--output-leads", type=int, nargs="+", help="lead hours to store (default: every step)")
     r.add_argument("--channels", nargs="+", help="channels to store (default: all)")
     r.add_argument("--crop", type=float, nargs=4, metavar=("LAT_MIN", "LAT_MAX", "LON_MIN", "LON_MAX"))
     r.add_argument("--threshold", action="append", help="CHANNEL>VALUE: count members above it (repeatable)")
-    r.add_argument("--seed", type=int, default=0, help="base seed of the member seeds")
+    r.add_argument("--seed", type=int, help="base seed of the member seeds (default 0)")
     r.add_argument("--block-size", type=int, help="members per batch (default: from free memory)")
     r.add_argument("--no-members", action="store_true", help="keep statistics only, not the members")
     r.add_argument("--out", required=True, help="forecast store (created, or resumed if it exists)")

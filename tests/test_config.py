@@ -44,3 +44,13 @@ def test_train_config_loads_with_nested_model_and_checked_weights(tmp_path):
     bad.write_text("model: {embed_dim: 8, depth: 3}\n")
     with pytest.raises(ConfigError, match=r"model: unknown keys \['depth'\]"):
         load(TrainConfig, bad)
+
+
+def test_ensemble_config_is_the_engine_default_and_is_checked(tmp_path):
+    from forecast.ensemble.engine import RunSettings
+
+    assert load(RunSettings, CONFIG_DIR / "ensemble.yaml") == RunSettings()
+    bad = tmp_path / "e.yaml"
+    bad.write_text("perturbation: gaussian\n")
+    with pytest.raises((ConfigError, ValueError), match="perturbation must be one of"):
+        load(RunSettings, bad)
