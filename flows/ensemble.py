@@ -27,15 +27,6 @@ from forecast.ensemble.engine import (
 from forecast.ensemble.state import OnlineState
 
 
-def settings_from(params: dict | None) -> RunSettings:
-    params = dict(params or {})
-    for key in ("output_leads", "channels", "crop"):
-        if params.get(key) is not None:
-            params[key] = tuple(params[key])
-    params["thresholds"] = {k: tuple(v) for k, v in params.get("thresholds", {}).items()}
-    return RunSettings(**params)
-
-
 @task(retries=2, retry_delay_seconds=5, task_run_name="ensemble blocks {blocks}")
 def run_blocks(
     archive: str,
@@ -53,7 +44,7 @@ def run_blocks(
 
         torch.set_num_threads(threads)
     summary = run_ensemble(
-        archive, packages, init_time, out, settings_from(settings), device=device, progress=False,
+        archive, packages, init_time, out, RunSettings.from_dict(settings), device=device, progress=False,
         blocks=blocks, private_state=True,
     )  # fmt: skip
     return summary["online_state"]
@@ -71,7 +62,7 @@ def ensemble_flow(
     threads_per_task: int | None = None,
 ) -> dict:
     logger = get_run_logger()
-    run = settings_from(settings)
+    run = RunSettings.from_dict(settings)
     plan = plan_run(archive, packages, init_time, run)
     store, init_index = open_or_create_store(plan, out)
     all_blocks = plan.layout.blocks(plan.block_size)
@@ -84,7 +75,14 @@ def ensemble_flow(
         repair = [b.index for b in all_blocks if saved.has(b) and not complete[b.start : b.stop].all()]
         if repair:
             run_ensemble(
-                archive, packages, init_time, out, settings_from(fixed), device=device, progress=False, blocks=repair
+                archive,
+                packages,
+                init_time,
+                out,
+                RunSettings.from_dict(fixed),
+                device=device,
+                progress=False,
+                blocks=repair,
             )
     state = OnlineState(store, init_index, len(all_blocks), accumulators_for(plan))
     catch_up(plan, store, init_index, state)

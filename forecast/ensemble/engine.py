@@ -53,6 +53,16 @@ class RunSettings:
     store_members: bool = True
     thresholds: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
 
+    @classmethod
+    def from_dict(cls, params: dict | None) -> RunSettings:
+        """From JSON-like values (a Prefect parameter, a store's run record): lists become tuples."""
+        params = dict(params or {})
+        for key in ("output_leads", "channels", "crop"):
+            if params.get(key) is not None:
+                params[key] = tuple(params[key])
+        params["thresholds"] = {k: tuple(v) for k, v in params.get("thresholds", {}).items()}
+        return cls(**params)
+
     def __post_init__(self):
         if self.perturbation not in PERTURBATIONS:
             raise ValueError(f"perturbation must be one of {PERTURBATIONS}, got {self.perturbation!r}")
@@ -452,16 +462,6 @@ def run_ensemble(
     }
 
 
-def settings_from_record(record: dict) -> RunSettings:
-    s = dict(record["settings"])
-    s.pop("block_size", None)
-    for key in ("output_leads", "channels", "crop"):
-        if s.get(key) is not None:
-            s[key] = tuple(s[key])
-    s["thresholds"] = {k: tuple(v) for k, v in s.get("thresholds", {}).items()}
-    return RunSettings(**s, block_size=record["settings"]["block_size"])
-
-
 @torch.no_grad()
 def regenerate(store_path: str, init_time: str | np.datetime64, member: int, device: str | None = None) -> np.ndarray:
     """Recompute one member of a stored run from its recorded settings: (lead, channel, lat,
@@ -469,7 +469,7 @@ def regenerate(store_path: str, init_time: str | np.datetime64, member: int, dev
     used, so on the same hardware the result equals the stored member bit for bit."""
     store = ForecastStore.open(store_path)
     record = store.run
-    plan = plan_run(record["archive"], record["packages"], init_time, settings_from_record(record))
+    plan = plan_run(record["archive"], record["packages"], init_time, RunSettings.from_dict(record["settings"]))
     if [Path(p).resolve().name for p in record["packages"]] != record["checkpoints"]:
         raise StoreError(f"{store_path}: the packages recorded no longer match the checkpoint names")
     block = plan.layout.block_of(member, plan.block_size)
