@@ -173,7 +173,8 @@ def spread_skill_ratio(
     """sqrt((m+1)/m) · sqrt(⟨s²⟩) / sqrt(⟨(x̄ − y)²⟩), s² with ddof = 1, the means over `dims`
     taken before the square roots; 1 for a calibrated ensemble."""
     m = forecast.count(member_dim)
-    variance = forecast.var(member_dim, ddof=1, skipna=True)
+    # the spread where the skill is measured: no variance where the observation is missing
+    variance = forecast.var(member_dim, ddof=1, skipna=True).where(observation.notnull())
     err2 = (forecast.mean(member_dim, skipna=True) - observation) ** 2
     mf = _reduce(m.astype(np.float64), weights, dims)
     ratio = np.sqrt((mf + 1) / mf) * np.sqrt(_reduce(variance, weights, dims)) / np.sqrt(_reduce(err2, weights, dims))
