@@ -14,9 +14,9 @@ from forecast.ensemble.perturbation import (
     GaussianRandomField,
     Perturbation,
     SphericalNoise,
+    band_rms,
     hemispheric_rescale,
     matern_spectrum,
-    rescaled_rms,
     seed_spectrum,
 )
 from forecast.grid import cell_area_weights
@@ -99,7 +99,7 @@ def test_hemispheric_rescale_hits_both_band_targets_and_interpolates_between():
     target = torch.tensor([2.0, 5.0, 0.5], dtype=torch.float64)
     w = torch.from_numpy(cell_area_weights(LAT))
     out = hemispheric_rescale(diff, lat, w, target)
-    north, south = rescaled_rms(out, lat)
+    north, south = band_rms(out, lat)
     expect = target.expand(2, 3).clone()
     expect[1, 2] = 0.0
     assert torch.allclose(north, expect, rtol=1e-12)
@@ -107,8 +107,8 @@ def test_hemispheric_rescale_hits_both_band_targets_and_interpolates_between():
     expect_s[0, 1] = 0.0
     assert torch.allclose(south, expect_s, rtol=1e-12)
     # tropical rows: the row divided by a norm interpolated linearly in latitude
-    n_n = rescaled_rms(diff, lat)[0][0, 0]
-    n_s = rescaled_rms(diff, lat)[1][0, 0]
+    n_n = band_rms(diff, lat)[0][0, 0]
+    n_s = band_rms(diff, lat)[1][0, 0]
     j = int(np.flatnonzero(np.isclose(LAT, 0.0))[0])
     assert torch.allclose(out[0, 0, j], diff[0, 0, j] * target[0] / (0.5 * n_n + 0.5 * n_s), rtol=1e-12)
 
@@ -149,7 +149,7 @@ def test_bred_vectors_are_rescaled_exactly_and_centred(breeding):
     seeds = [member_seed(0, "ckpt0", np.datetime64("2001-05-17", "h"), k) for k in range(6)]
     bred = bv(analyses[-1], seeds)
     assert bred.shape == (6, *analyses.shape[1:])
-    north, south = rescaled_rms(bred, model.lat.double())
+    north, south = band_rms(bred, model.lat.double())
     target = (0.35 * rmse).expand(6, -1)
     assert torch.allclose(north, target, rtol=1e-5) and torch.allclose(south, target, rtol=1e-5)
     # the members of one seed are different bred vectors

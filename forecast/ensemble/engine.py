@@ -441,7 +441,8 @@ def run_ensemble(
         for block in todo:
 
             def emit(lead_index, state, block=block):
-                writer.put(("lead", block, (lead_index, state.detach().cpu().clone())))
+                # No copy: each step makes a new state tensor, none is changed in place.
+                writer.put(("lead", block, (lead_index, state.detach().cpu())))
 
             run_block(plan, block, emit, dev)
             writer.put(("done", block, None))

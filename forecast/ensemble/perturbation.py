@@ -140,6 +140,18 @@ def _mix(seed: int, salt: int) -> int:
     return (z ^ (z >> 31)) & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def band_rms(
+    field: torch.Tensor, lat_deg: torch.Tensor, weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(north, south): area-weighted RMS over 20–90°N and 20–90°S of (..., lat, lon), float64.
+    `weights` per latitude row (default: cell-area weights of `lat_deg`)."""
+    if weights is None:
+        weights = torch.from_numpy(cell_area_weights(lat_deg.cpu().numpy()))
+    north, south = lat_deg >= HEMISPHERE_EDGE_DEG, lat_deg <= -HEMISPHERE_EDGE_DEG
+    d = field.to(torch.float64)
+    return area_rms(d[..., north, :], weights[north]), area_rms(d[..., south, :], weights[south])
+
+
 def hemispheric_rescale(
     diff: torch.Tensor, lat_deg: torch.Tensor, weights: torch.Tensor, target: torch.Tensor
 ) -> torch.Tensor:
@@ -147,15 +159,9 @@ def hemispheric_rescale(
     over 20–90°S equals `target` (channel,). Rows between ±20° are divided by a norm
     interpolated linearly in latitude between the two band norms. A band whose norm is zero
     is left alone (its norm is taken as the target, a factor of 1)."""
-    north, south = lat_deg >= HEMISPHERE_EDGE_DEG, lat_deg <= -HEMISPHERE_EDGE_DEG
     t = target.view(1, -1).to(torch.float64)
     d = diff.to(torch.float64)
-
-    def band_norm(rows):
-        rms = area_rms(d[..., rows, :], weights[rows])
-        return torch.where(rms > 0, rms, t.expand_as(rms))
-
-    nn_, ns = band_norm(north), band_norm(south)  # (batch, channel)
+    nn_, ns = (torch.where(rms > 0, rms, t.expand_as(rms)) for rms in band_rms(d, lat_deg, weights))
     # weight of the northern norm per row: 1 from 20N poleward, 0 from 20S poleward, linear between
     a = ((lat_deg.to(torch.float64) + HEMISPHERE_EDGE_DEG) / (2 * HEMISPHERE_EDGE_DEG)).clamp(0, 1)
     norm = nn_[..., None] * a + ns[..., None] * (1 - a)  # (batch, channel, lat)
@@ -224,14 +230,6 @@ class BredVectors:
         return bred.to(analysis.dtype)
 
 
-def rescaled_rms(bred: torch.Tensor, lat_deg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(north, south) area-weighted RMS per (perturbation, channel) over the 20–90° bands."""
-    w = torch.from_numpy(cell_area_weights(lat_deg.cpu().numpy()))
-    north, south = lat_deg >= HEMISPHERE_EDGE_DEG, lat_deg <= -HEMISPHERE_EDGE_DEG
-    d = bred.to(torch.float64)
-    return area_rms(d[..., north, :], w[north]), area_rms(d[..., south, :], w[south])
-
-
 __all__ = [
     "BREEDING_CYCLES",
     "BredVectors",
@@ -239,5 +237,6 @@ __all__ = [
     "GaussianRandomField",
     "Perturbation",
     "SphericalNoise",
+    "band_rms",
     "hemispheric_rescale",
 ]
