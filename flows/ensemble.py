@@ -84,7 +84,7 @@ def ensemble_flow(
                 progress=False,
                 blocks=repair,
             )
-    state = OnlineState(store, init_index, len(all_blocks), accumulators_for(plan))
+    state = OnlineState(store, init_index, len(all_blocks), accumulators_for(plan, out))
     catch_up(plan, store, init_index, state)
     todo = [b.index for b in all_blocks if not state.has(b)]
     logger.info("%d members in %d blocks; %d blocks to run", plan.layout.size, len(all_blocks), len(todo))
@@ -93,7 +93,7 @@ def ensemble_flow(
         run_blocks.submit(archive, packages, init_time, out, fixed, share, device, threads_per_task) for share in shares
     ]
     for future in futures:
-        part = OnlineState(store, init_index, len(all_blocks), accumulators_for(plan), persistent=False)
+        part = OnlineState(store, init_index, len(all_blocks), accumulators_for(plan, out), persistent=False)
         part.from_bytes(future.result())
         state.merge(part)
         state.save()

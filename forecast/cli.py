@@ -1,4 +1,4 @@
-"""The `forecast` command line: world, ingest, train, run, regenerate, stats, info, demo."""
+"""The `forecast` command line: world, ingest, train, run, regenerate, mclimate, diagnose, stats, info, demo."""
 
 from __future__ import annotations
 
@@ -90,6 +90,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "base_seed": args.seed,
         "block_size": args.block_size,
         "store_members": False if args.no_members else None,
+        "score": True if args.score else None,
         "thresholds": {k: tuple(v) for k, v in thresholds.items()} or None,
     }
     settings = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
@@ -129,6 +130,37 @@ def _cmd_regenerate(args: argparse.Namespace) -> int:
         if args.out:
             np.save(Path(args.out) / f"member_{member}.npy", fresh)
     return worst
+
+
+def _cmd_mclimate(args: argparse.Namespace) -> int:
+    from forecast.diagnostics.mclimate import build_mclimate, load_mclimate
+
+    for date in args.date:
+        path = build_mclimate(
+            args.archive, args.hindcasts, date, window_days=args.window_days, min_samples=args.min_samples
+        )
+        clim = load_mclimate(args.archive, date)
+        used = len(clim.attrs["inits"])
+        print(f"M-climate {clim.attrs['target']}: {clim.attrs['samples']} members, {used} hindcast inits -> {path}")
+    return 0
+
+
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from forecast.diagnostics.verify import diagnose
+
+    start = time.perf_counter()
+    summary = diagnose(args.store, args.archive, args.out, rescore=args.rescore, progress=not args.quiet)
+    if not summary:
+        print(f"{args.out}: nothing to score (every complete init time of {args.store} is scored already)")
+    for init, leads in summary.items():
+        print(f"{args.out}: init {init} scored, {leads} lead times verifiable")
+    if args.plots:
+        from forecast.diagnostics.plots import plot_scores
+
+        paths = plot_scores(args.out, args.plots, forecast_store=args.store, archive=args.archive)
+        print(f"{len(paths)} plots in {args.plots}")
+    print(f"diagnose: {time.perf_counter() - start:.1f} s")
+    return 0
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
@@ -232,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, help="base seed of the member seeds (default 0)")
     r.add_argument("--block-size", type=int, help="members per batch (default: from free memory)")
     r.add_argument("--no-members", action="store_true", help="keep statistics only, not the members")
+    r.add_argument("--score", action="store_true", help="score online against the archive (hindcasts)")
     r.add_argument("--out", required=True, help="forecast store (created, or resumed if it exists)")
     r.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     r.set_defaults(func=_cmd_run)
@@ -243,6 +276,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", help="directory to save the recomputed members as .npy")
     g.add_argument("--device")
     g.set_defaults(func=_cmd_regenerate)
+
+    mc = sub.add_parser("mclimate", help="build the M-climate (EFI/SOT) from hindcast stores into the side store")
+    mc.add_argument("--archive", required=True, help="the archive whose side store keeps the M-climate")
+    mc.add_argument("--hindcasts", nargs="+", required=True, help="hindcast forecast stores (with members)")
+    mc.add_argument("--date", nargs="+", required=True, help="target dates (their calendar day), e.g. 2001-12-01")
+    mc.add_argument("--window-days", type=int, default=15, help="hindcast inits within this many days (default 15)")
+    mc.add_argument("--min-samples", type=int, default=20, help="refuse an M-climate of fewer members (default 20)")
+    mc.set_defaults(func=_cmd_mclimate)
+
+    v = sub.add_parser("diagnose", help="score a forecast store against the archive into a scores store")
+    v.add_argument("--store", required=True, help="forecast store (members kept)")
+    v.add_argument("--archive", required=True, help="archive with the verifying analyses")
+    v.add_argument("--out", required=True, help="scores store (created, or extended if it exists)")
+    v.add_argument("--plots", help="directory for PNG plots of the scores")
+    v.add_argument("--rescore", action="store_true", help="rescore init times already scored")
+    v.set_defaults(func=_cmd_diagnose)
 
     n = sub.add_parser("info", help="describe an archive")
     n.add_argument("archive")

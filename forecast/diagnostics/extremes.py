@@ -33,8 +33,6 @@ def _efi_core(clim: np.ndarray, ens: np.ndarray, eps: float) -> np.ndarray:
     """clim (..., n+1) quantiles at 0..1, ens (..., m) -> EFI (...)."""
     clim = np.asarray(clim, np.float64)
     ens = np.asarray(ens, np.float64)
-    n = clim.shape[-1] - 1
-    p = np.linspace(0.0, 1.0, n + 1)
     valid = ~np.isnan(ens)
     m = valid.sum(-1)
     members = np.sort(np.where(valid, ens, np.inf), axis=-1)
@@ -42,6 +40,17 @@ def _efi_core(clim: np.ndarray, ens: np.ndarray, eps: float) -> np.ndarray:
     below = np.empty(clim.shape, np.float64)
     for idx in np.ndindex(clim.shape[:-1]):
         below[idx] = np.searchsorted(members[idx], clim[idx], side="right")
+    return efi_from_counts(clim, below, m, eps)
+
+
+def efi_from_counts(clim: np.ndarray, below: np.ndarray, m: np.ndarray, eps: float = -0.1) -> np.ndarray:
+    """The EFI integral from `below` (..., n+1): how many of the m members are ≤ each climate
+    quantile. Shared by `efi` and the engine's online EFI counts, so both are the same sum."""
+    clim = np.asarray(clim, np.float64)
+    below = np.asarray(below, np.float64)
+    m = np.asarray(m)
+    n = clim.shape[-1] - 1
+    p = np.linspace(0.0, 1.0, n + 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         frac = below / m[..., None]
     fa, fb = frac[..., :-1], frac[..., 1:]

@@ -76,6 +76,7 @@ def ensemble_spectra(
     the ensemble mean P(x̄), the mean spectrum of the perturbations mean_k P(x_k − x̄) and, if
     given, the verification's. mean_k P(x_k) = P(x̄) + mean_k P(x_k − x̄) holds exactly (the
     cross terms cancel because the perturbations sum to zero)."""
+    forecast = forecast.astype(np.float64)  # the mean of thousands of float32 members in float64
     mean = forecast.mean(member_dim)
     out = xr.Dataset(
         {

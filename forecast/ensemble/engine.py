@@ -52,6 +52,7 @@ class RunSettings:
     block_size: int | None = None  # members per batch; None: from free memory
     store_members: bool = True
     thresholds: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
+    score: bool = False  # hindcasts: score online against the archive's analyses (CRPS, ranks, spectra, EFI)
 
     @classmethod
     def from_dict(cls, params: dict | None) -> RunSettings:
@@ -319,7 +320,7 @@ class Writer:
                     if self.store.store_members:
                         self.store.write_lead(self.init_index, block, lead_index, values)
                     if self.online is not None and not self.online.has(block):
-                        self.online.update(lead_index, torch.from_numpy(values))
+                        self.online.update(lead_index, torch.from_numpy(values), block)
                 else:  # the block's last lead is written: record it
                     if self.online is not None and not self.online.has(block):
                         self.online.add_block(block)
@@ -343,13 +344,53 @@ class Writer:
 # -- the run --------------------------------------------------------------------------------
 
 
-def accumulators_for(plan: Plan) -> list[Accumulator]:
+def accumulators_for(plan: Plan, store_location: str) -> list[Accumulator]:
     shape = (len(plan.channel_index), len(plan.lat_index), len(plan.lon_index))
-    channels = [Archive.open(plan.archive).channels[i] for i in plan.channel_index]
-    return [
+    a = Archive.open(plan.archive)
+    channels = [a.channels[i] for i in plan.channel_index]
+    accs: list[Accumulator] = [
         EnsembleMoments(len(plan.output_leads), shape),
         ExceedanceCounts(len(plan.output_leads), channels, shape, dict(plan.settings.thresholds)),
     ]
+    if plan.settings.score:
+        accs += online_scores(plan, channels, store_location)
+    return accs
+
+
+def online_scores(plan: Plan, channels: list[str], store_location: str) -> list[Accumulator]:
+    """The scores kept while a hindcast runs, against the archive's analyses at the valid
+    times (NaN where the archive ends); the EFI where the side store has an M-climate."""
+    from forecast.diagnostics.mclimate import load_mclimate
+    from forecast.diagnostics.online import EFICounts, MeanSkill, RankCounts, SpectraSums, TiledCRPS
+    from forecast.diagnostics.scores import area_weights
+    from forecast.diagnostics.verify import verification
+
+    grid = Archive.open(plan.archive).grid
+    lat, lon = grid.lat[plan.lat_index], grid.lon[plan.lon_index]
+    valid = plan.init_time + plan.output_leads.astype("timedelta64[h]")
+    truth = verification(plan.archive, valid, channels, lat, lon)
+    weights = area_weights(lat).values
+    per_checkpoint = plan.layout.per_checkpoint
+    accs: list[Accumulator] = [
+        RankCounts(truth),
+        MeanSkill(truth, weights),
+        SpectraSums(truth),
+        TiledCRPS(
+            truth,
+            weights,
+            plan.layout.size,
+            scratch=f"{str(store_location).rstrip('/')}.crps-scratch-{plan.init_time}",
+            member_chunk=int(np.gcd(plan.block_size, per_checkpoint)),
+        ),
+    ]
+    climate = load_mclimate(plan.archive, plan.init_time)
+    if climate is not None:
+        have = {int(h): i for i, h in enumerate(climate.lead_time.values)}
+        lead_map = {k: have[int(h)] for k, h in enumerate(plan.output_leads) if int(h) in have}
+        if lead_map:
+            clim = climate.sel(channel=channels).isel(lat=plan.lat_index, lon=plan.lon_index)
+            accs.append(EFICounts(clim.values, lead_map))
+    return accs
 
 
 def open_or_create_store(plan: Plan, out: str) -> tuple[ForecastStore, int]:
@@ -391,7 +432,7 @@ def catch_up(plan: Plan, store: ForecastStore, init_index: int, online: OnlineSt
     for block in missing:
         for k in range(len(plan.output_leads)):
             values = store.group["fields"][init_index, block.start : block.stop, k]
-            online.update(k, torch.from_numpy(np.asarray(values)))
+            online.update(k, torch.from_numpy(np.asarray(values)), block)
         online.add_block(block)
     if missing:
         log.info("%s: statistics caught up from %d stored blocks", store.location, len(missing))
@@ -420,7 +461,7 @@ def run_ensemble(
     store, init_index = open_or_create_store(plan, out)
     all_blocks = plan.layout.blocks(plan.block_size)
     mine = all_blocks if blocks is None else [all_blocks[i] for i in blocks]
-    online = OnlineState(store, init_index, len(all_blocks), accumulators_for(plan), persistent=not private_state)
+    online = OnlineState(store, init_index, len(all_blocks), accumulators_for(plan, out), persistent=not private_state)
     if not private_state:
         catch_up(plan, store, init_index, online)
     complete = store.complete(init_index)

@@ -38,8 +38,10 @@ class OnlineState:
     def complete(self) -> bool:
         return bool(self.done.all())
 
-    def update(self, lead_index: int, members: torch.Tensor) -> None:
+    def update(self, lead_index: int, members: torch.Tensor, block: Block | None = None) -> None:
         for acc in self.accumulators:
+            if block is not None and hasattr(acc, "begin_block"):  # e.g. CRPS spills members by position
+                acc.begin_block(block.start)
             acc.update(lead_index, members)
 
     def add_block(self, block: Block) -> None:
@@ -112,6 +114,9 @@ class OnlineState:
         """Each accumulator's arrays, with a leading init_time dim where they have lead_time."""
         group = self.store.group
         n_init = group["init_time"].shape[0]
+        when = str(self.store.init_times[self.init_index])
+        if when in group.attrs.get("statistics_complete", []):
+            return []  # already written (a rerun of a finished run): the CRPS scratch is gone
         written = []
         for acc in self.accumulators:
             for name, (dims, values, attrs) in acc.result().items():
@@ -142,6 +147,8 @@ class OnlineState:
                     arr.resize((n_init, *arr.shape[1:]))
                 arr[self.init_index] = values
                 written.append(name)
-        when = str(self.store.init_times[self.init_index])
         group.attrs["statistics_complete"] = sorted(set(group.attrs.get("statistics_complete", [])) | {when})
+        for acc in self.accumulators:
+            if hasattr(acc, "close"):  # scratch no longer needed once the results are on disk
+                acc.close()
         return written

@@ -1,0 +1,184 @@
+"""`forecast diagnose`: score a forecast store against the archive's analyses (DESIGN §2.4).
+
+For each init time of the store and each lead time, the complete members are read (one lead
+at a time: memory is members x one lead's fields), the archive's analysis at the valid time is
+the verification, and the scores are computed with the public functions of
+`forecast.diagnostics` (so the store holds exactly what a notebook computes):
+
+- `crps` (fair), `crps_ensemble` (the empirical-CDF estimator): area means per channel, and
+  `crps_map` per grid point;
+- `ensemble_mean_rmse`, `spread_skill_ratio`, and their area-mean parts `ensemble_mean_mse`
+  and `ensemble_variance`, so ratios over many init times are exact (means before roots);
+- `rank_histogram` (ties split), `outlier_fraction` with `outlier_expected` = 2/(m+1);
+- the HENS spectra: `member_mean_spectrum`, `ensemble_mean_spectrum`,
+  `perturbation_spectrum`, `verification_spectrum`;
+- with an M-climate for the init's calendar day in the archive's side store: `efi` and
+  `sot90` maps.
+
+A valid time beyond the archive gives NaN scores for that lead (the forecast is not
+verifiable yet); a rerun after the archive grows rescoring only what is missing is the
+caller's choice (`rescore=True` rescored init times already marked done).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import xarray as xr
+from tqdm.auto import tqdm
+
+from forecast.archive import Archive
+from forecast.diagnostics.extremes import efi, sot
+from forecast.diagnostics.mclimate import load_mclimate
+from forecast.diagnostics.scores import (
+    area_weights,
+    crps,
+    ensemble_mean_rmse,
+    outlier_fraction,
+    rank_histogram,
+    spread_skill_ratio,
+)
+from forecast.diagnostics.scores_store import ScoresStore
+from forecast.diagnostics.spectra import default_lmax, ensemble_spectra
+from forecast.ensemble.store import ForecastStore
+
+log = logging.getLogger(__name__)
+
+
+def verification(
+    archive: str, valid_times: np.ndarray, channels: list[str], lat: np.ndarray, lon: np.ndarray
+) -> np.ndarray:
+    """The archive's analyses (time, channel, lat, lon) at `valid_times`, cut to the channels
+    and the (possibly cropped) grid of a forecast store; NaN where a time is not in the archive."""
+    a = Archive.open(archive)
+    missing = [c for c in channels if c not in a.channels]
+    if missing:
+        raise ValueError(f"{archive}: the forecast's channels {missing} are not in the archive")
+    grid = a.grid
+
+    def where(axis, values, name):
+        idx = np.array([int(np.argmin(np.abs(axis - v))) for v in values])
+        if len(idx) and np.abs(axis[idx] - values).max() > 1e-6:
+            raise ValueError(f"{archive}: the forecast's {name} points are not on the archive's grid")
+        return idx
+
+    lat_i, lon_i = where(grid.lat, np.asarray(lat), "latitude"), where(grid.lon, np.asarray(lon), "longitude")
+    ch_i = np.array([a.channels.index(c) for c in channels])
+    times = a.times[: a.committed]
+    out = np.full((len(valid_times), len(channels), len(lat_i), len(lon_i)), np.nan, np.float32)
+    pos = np.searchsorted(times, valid_times)
+    ok = (pos < len(times)) & (times[np.minimum(pos, len(times) - 1)] == valid_times)
+    if ok.any():
+        values = np.asarray(a.fields.get_orthogonal_selection((pos[ok], ch_i, lat_i, lon_i)))
+        out[ok] = values
+    return out
+
+
+def score_lead(
+    members: xr.DataArray,
+    truth: xr.DataArray,
+    weights: xr.DataArray,
+    climate: xr.DataArray | None = None,
+    lmax: int | None = None,
+) -> dict[str, tuple[tuple[str, ...], np.ndarray, dict]]:
+    """Every score of one (init, lead): members (member, channel, lat, lon), truth (channel,
+    lat, lon). Returns {name: (dims after lead_time, values, attributes)}."""
+    space = ["lat", "lon"]
+    out = {}
+
+    def put(name, da, dims):
+        out[name] = (dims, np.asarray(da.transpose(*dims).values), dict(da.attrs))
+
+    fair = crps(members, truth, estimator="fair")
+    put("crps_map", fair, ("channel", "lat", "lon"))
+    put("crps", fair.weighted(weights).mean(space).assign_attrs(fair.attrs), ("channel",))
+    ecdf = crps(members, truth, estimator="ensemble", weights=weights, dims=space)
+    put("crps_ensemble", ecdf, ("channel",))
+    put("ensemble_mean_rmse", ensemble_mean_rmse(members, truth, weights=weights, dims=space), ("channel",))
+    put("spread_skill_ratio", spread_skill_ratio(members, truth, weights=weights, dims=space), ("channel",))
+    x64 = members.astype(np.float64)
+    err2 = (x64.mean("member") - truth) ** 2
+    variance = x64.var("member", ddof=1).where(truth.notnull())
+    put(
+        "ensemble_mean_mse",
+        err2.weighted(weights).mean(space).assign_attrs(long_name="area-mean squared error of the ensemble mean"),
+        ("channel",),
+    )
+    put(
+        "ensemble_variance",
+        variance.weighted(weights).mean(space).assign_attrs(long_name="area-mean ensemble variance, ddof=1"),
+        ("channel",),
+    )
+    hist = rank_histogram(members, truth, dims=space)
+    put("rank_histogram", hist, ("channel", "rank"))
+    outliers = outlier_fraction(hist)
+    m = members.sizes["member"]
+    put("outlier_fraction", outliers["outlier_fraction"].assign_attrs(expected=2.0 / (m + 1)), ("channel",))
+    put("outlier_expected", outliers["outlier_expected"], ("channel",))
+    spectra = ensemble_spectra(members, truth, lmax=lmax)
+    for name, da in spectra.data_vars.items():
+        put(name, da, ("channel", "l"))
+    if climate is not None:
+        put("efi", efi(climate, members), ("channel", "lat", "lon"))
+        put("sot90", sot(climate, members, percentile=90), ("channel", "lat", "lon"))
+    return out
+
+
+def diagnose(store: str, archive: str, out: str, rescore: bool = False, progress: bool = True) -> dict:
+    """Score every init time of the forecast store `store` against `archive` into the scores
+    store `out`. Returns {init_time: number of leads verified}."""
+    fs = ForecastStore.open(store)
+    if not fs.store_members:
+        raise ValueError(f"{store}: this run kept statistics only; score it online (the engine's scores) instead")
+    channels, leads = fs.channels, fs.lead_hours
+    lat, lon = fs.group["lat"][:], fs.group["lon"][:]
+    source = {"forecast_store": str(store), "archive": str(archive)}
+    scores = ScoresStore.open_or_create(out, fs.init_times, leads, channels, lat, lon, source)
+    weights = area_weights(lat)
+    lmax = default_lmax(len(lat), "equiangular")
+    coords = {"channel": channels, "lat": lat, "lon": lon}
+    summary = {}
+    for i, init in enumerate(fs.init_times):
+        key = str(np.datetime64(init, "h"))
+        if key in scores.scored and not rescore:
+            continue
+        complete = fs.complete(i)
+        if not complete.all():  # a run still going (or stopped): its rank histogram has no fixed m yet
+            log.warning(
+                "%s: init %s has %d of %d members complete; not scored", store, key, complete.sum(), complete.size
+            )
+            continue
+        members = np.flatnonzero(complete)
+        valid = np.datetime64(init, "h") + leads.astype("timedelta64[h]")
+        truth = verification(archive, valid, channels, lat, lon)
+        climate = load_mclimate(archive, init)
+        j = scores.index(init)
+        verified = 0
+        for k in tqdm(range(len(leads)), desc=f"scoring {key}", disable=not progress):
+            x = np.asarray(fs.group["fields"].get_orthogonal_selection((i, members, k)))
+            xa = xr.DataArray(x, dims=("member", "channel", "lat", "lon"), coords=coords)
+            ya = xr.DataArray(truth[k], dims=("channel", "lat", "lon"), coords=coords)
+            clim = None
+            if climate is not None and int(leads[k]) in set(climate.lead_time.values.tolist()):
+                clim = climate.sel(lead_time=int(leads[k]), channel=channels).assign_coords(lat=lat, lon=lon)
+            verified += bool(np.isfinite(truth[k]).any())
+            for name, (dims, values, attrs) in score_lead(xa, ya, weights, clim, lmax).items():
+                scores.write(name, j, k, dims, values, _plain(attrs))
+        scores.coord("rank", np.arange(len(members) + 1), {"long_name": "rank of the verification"})
+        scores.coord("l", np.arange(lmax), {"long_name": "total wavenumber"})
+        scores.group.attrs["members"] = int(len(members))
+        scores.mark_scored(init)
+        summary[key] = verified
+        log.info("%s: init %s scored, %d of %d leads verifiable", out, key, verified, len(leads))
+    return summary
+
+
+def _plain(attrs: dict) -> dict:
+    """JSON-safe attribute values."""
+    out = {}
+    for k, v in attrs.items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        out[k] = v
+    return out

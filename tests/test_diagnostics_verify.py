@@ -1,0 +1,155 @@
+"""Scoring on the world archive: hindcasts build an M-climate in the archive's side store, a
+scored run keeps CRPS, ranks, skill, spectra and EFI online, and `diagnose` computes the same
+scores offline from the stored members with the public functions: equal to 1e-10."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from forecast.diagnostics import crps, efi
+from forecast.diagnostics.mclimate import build_mclimate, load_mclimate, side_store_path
+from forecast.diagnostics.scores_store import open_scores
+from forecast.diagnostics.verify import diagnose, verification
+from forecast.ensemble.engine import RunSettings, run_ensemble
+from forecast.ensemble.store import ForecastStore
+
+INIT = "2001-11-20T00"
+HINDCASTS = ("2001-11-16T00", "2001-11-18T00", "2001-11-23T00")
+SETTINGS = {"perturbations": 3, "lead_hours": 24, "block_size": 2}
+ONLINE_EQUALS_OFFLINE = [
+    "crps",
+    "crps_map",
+    "ensemble_mean_rmse",
+    "spread_skill_ratio",
+    "rank_histogram",
+    "outlier_fraction",
+    "member_mean_spectrum",
+    "ensemble_mean_spectrum",
+    "perturbation_spectrum",
+    "verification_spectrum",
+    "efi",
+]
+
+
+@pytest.fixture(scope="module")
+def scored(world_archive, world_packages, tmp_path_factory):
+    root = tmp_path_factory.mktemp("scored")
+    hindcast = str(root / "hindcast.zarr")
+    for init in HINDCASTS:
+        run_ensemble(world_archive, world_packages, init, hindcast, RunSettings(**SETTINGS), progress=False)
+    side = build_mclimate(world_archive, [hindcast], INIT, window_days=5, min_samples=24)
+    settings = RunSettings(**SETTINGS, score=True)
+    members = str(root / "members.zarr")
+    run_ensemble(world_archive, world_packages, INIT, members, settings, progress=False)
+    stats_only = str(root / "stats.zarr")
+    run_ensemble(
+        world_archive,
+        world_packages,
+        INIT,
+        stats_only,
+        RunSettings(**SETTINGS, score=True, store_members=False),
+        progress=False,
+    )
+    scores = str(root / "scores.zarr")
+    summary = diagnose(members, world_archive, scores, progress=False)
+    yield {
+        "hindcast": hindcast,
+        "side": side,
+        "members": members,
+        "stats": stats_only,
+        "scores": scores,
+        "summary": summary,
+    }
+    Path(side).exists() and subprocess.run(["rm", "-rf", side], check=True)  # the archive fixture is shared
+
+
+def test_m_climate_pools_the_hindcasts_within_the_window(scored, world_archive):
+    assert scored["side"] == side_store_path(world_archive)
+    clim = load_mclimate(world_archive, INIT)
+    assert clim.attrs["samples"] == 3 * 12  # three hindcast inits x 12 members, none from the 20th itself
+    fields = ForecastStore.open(scored["hindcast"]).group["fields"][:]  # (init, member, lead, ...)
+    pooled = fields.reshape(-1, *fields.shape[2:])
+    expected = np.quantile(pooled.astype(np.float64), np.linspace(0, 1, 101), axis=0).astype(np.float32)
+    np.testing.assert_array_equal(clim.values, np.moveaxis(expected, 0, 2))
+    assert load_mclimate(world_archive, "2001-06-01T00") is None  # no M-climate for that day
+
+
+def test_online_scores_equal_the_offline_diagnosis(scored):
+    online = xr.open_zarr(scored["members"], consolidated=False, drop_variables=["online_state"])
+    offline = open_scores(scored["scores"])
+    assert scored["summary"] == {"2001-11-20T00": 5}  # every lead (0..24 h) verifiable
+    for name in ONLINE_EQUALS_OFFLINE:
+        a = np.asarray(online[name].values, np.float64)
+        b = np.asarray(offline[name].values, np.float64)
+        assert a.shape == b.shape, name
+        if name in ("ensemble_mean_rmse", "spread_skill_ratio"):
+            # lead 0: the ensemble mean is the analysis itself (centred pairs), so its error is
+            # float rounding (ratios of 1e8 or inf) and agrees only to rounding
+            a, b = a[:, 1:], b[:, 1:]
+        assert np.isfinite(b).all(), name
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=name)
+    # the store states each estimator
+    assert offline.crps.attrs["crps_estimator"] == "fair"
+    assert offline.crps_ensemble.attrs["crps_estimator"] == "ensemble"
+    assert (offline.outlier_expected == 2.0 / 13).all()
+
+
+def test_a_statistics_only_run_scores_the_same_without_keeping_members(scored):
+    stats = zarr.open_group(scored["stats"], mode="r")
+    assert "fields" not in stats
+    members = zarr.open_group(scored["members"], mode="r")
+    for name in ("crps", "rank_histogram", "efi", "member_mean_spectrum"):
+        np.testing.assert_allclose(stats[name][:], members[name][:], rtol=1e-12, err_msg=name)
+    leftovers = [p.name for p in Path(scored["stats"]).parent.iterdir() if "scratch" in p.name]
+    assert leftovers == []  # the CRPS scratch members are deleted once the scores are written
+
+
+def test_offline_scores_are_the_public_functions_on_the_stored_members(scored, world_archive):
+    store = ForecastStore.open(scored["members"])
+    lead = 2
+    x = store.group["fields"][0, :, lead]
+    lat, lon = store.group["lat"][:], store.group["lon"][:]
+    truth = verification(world_archive, store.init_times[:1] + np.timedelta64(12, "h"), store.channels, lat, lon)[0]
+    xa = xr.DataArray(x, dims=("member", "channel", "lat", "lon"))
+    ya = xr.DataArray(truth, dims=("channel", "lat", "lon"))
+    offline = open_scores(scored["scores"])
+    np.testing.assert_allclose(offline.crps_map.values[0, lead], crps(xa, ya).values, rtol=1e-13)
+    clim = load_mclimate(world_archive, INIT).isel(lead_time=lead).drop_vars(["lat", "lon"])
+    np.testing.assert_allclose(offline.efi.values[0, lead], efi(clim, xa).values, rtol=1e-13)
+    # a later valid time than the archive holds is not verifiable: NaN, not an error
+    late = verification(world_archive, np.array(["2030-01-01T00"], "datetime64[h]"), store.channels, lat, lon)
+    assert np.isnan(late).all()
+
+
+def test_diagnose_cli_resumes_and_refuses_another_source(scored, world_archive, tmp_path):
+    out = tmp_path / "cli_scores.zarr"
+    cmd = [sys.executable, "-m", "forecast.cli", "diagnose", "--store", scored["members"], "--archive", world_archive]
+    first = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    np.testing.assert_array_equal(open_scores(str(out)).crps.values, open_scores(scored["scores"]).crps.values)
+    again = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True)
+    assert again.returncode == 0 and "nothing to score" in again.stdout + again.stderr
+    other = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "forecast.cli",
+            "diagnose",
+            "--store",
+            scored["hindcast"],
+            "--archive",
+            world_archive,
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert other.returncode != 0 and "scores" in other.stderr and "hindcast.zarr" in other.stderr
