@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import xarray as xr
@@ -131,8 +132,14 @@ def test_offline_scores_are_the_public_functions_on_the_stored_members(scored, w
 def test_diagnose_cli_resumes_and_refuses_another_source(scored, world_archive, tmp_path):
     out = tmp_path / "cli_scores.zarr"
     cmd = [sys.executable, "-m", "forecast.cli", "diagnose", "--store", scored["members"], "--archive", world_archive]
-    first = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True)
+    plots = tmp_path / "plots"
+    first = subprocess.run([*cmd, "--out", str(out), "--plots", str(plots)], capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
+    expected = {"crps_spread_skill", "rank_histograms", "spectra_z500", "efi_maps", "plume_z500", "reliability_z500"}
+    assert expected <= {p.stem for p in plots.glob("*.png")}
+    for png in plots.glob("*.png"):
+        image = plt.imread(png)
+        assert image.shape[0] > 200 and image.shape[1] > 200 and image[..., :3].std() > 0.05, png.name
     np.testing.assert_array_equal(open_scores(str(out)).crps.values, open_scores(scored["scores"]).crps.values)
     again = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True)
     assert again.returncode == 0 and "nothing to score" in again.stdout + again.stderr
