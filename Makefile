@@ -25,5 +25,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_world.py
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_train.py
-	$(BIN)/python -m pip install -q numba==0.68.1  # properscoring's compiled kernel, the CRPS peer
 	$(BIN)/python benchmarks/bench_crps.py

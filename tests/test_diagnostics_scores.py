@@ -60,6 +60,34 @@ def test_sorted_crps_equals_the_pairwise_form_with_the_nan_policy(estimator):
     assert np.isnan(got.values[2, 2]) == (estimator != "ensemble")
 
 
+def test_compiled_bucket_sort_kernel_is_exact_for_awkward_ensembles():
+    """The numba kernel bucket-sorts; clustered members, ties, a constant row and a huge
+    outlier (everything in one bucket but one) must still give the exact sums."""
+    from forecast.diagnostics._crps_kernel import crps_sums
+    from forecast.diagnostics.scores import _crps_sorted_numpy
+
+    rng = np.random.default_rng(3)
+    m = 400
+    rows = np.stack(
+        [
+            rng.normal(0.0, 1.0, m),
+            np.round(rng.normal(0.0, 1.0, m)),  # ties
+            np.full(m, 2.5),  # constant
+            np.r_[rng.normal(0.0, 1e-3, m - 1), 1e6],  # one outlier: all others in one bucket
+            np.r_[rng.normal(-50.0, 0.1, m // 2), rng.normal(50.0, 0.1, m // 2)],  # two clusters
+            rng.exponential(1.0, m) ** 4,  # heavy tail
+        ]
+    ).astype(np.float32)
+    y = np.array([0.3, 0.0, 2.5, 0.0, 10.0, 1.0])
+    skill, spread, has_nan = crps_sums(rows, y)
+    assert not has_nan.any()
+    pair = np.abs(rows[:, :, None].astype(np.float64) - rows[:, None, :]).sum((1, 2))
+    np.testing.assert_allclose(spread, pair, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(skill, np.abs(rows - y[:, None]).mean(1), rtol=1e-12)
+    fair = skill - spread / (2.0 * m * (m - 1))
+    np.testing.assert_allclose(fair, _crps_sorted_numpy(rows, y, "fair", 0.95), rtol=1e-12, atol=1e-12)
+
+
 def test_ensemble_crps_equals_the_integral_of_the_squared_cdf_difference():
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=13), 0.4
@@ -114,6 +142,12 @@ def test_dask_backed_crps_equals_numpy_and_reduces_with_area_weights():
     lazy = crps(x.chunk({"lat": 3, "member": 4}), y.chunk({"lat": 3}))
     assert lazy.chunks is not None
     assert np.allclose(lazy.compute().values, crps(x, y).values, rtol=1e-14)
+    # one chunk per latitude row on four threads: the compiled kernel is called concurrently
+    import dask
+
+    rows = crps(x.chunk({"lat": 1}), y.chunk({"lat": 1}))
+    with dask.config.set(scheduler="threads", num_workers=4):
+        assert np.allclose(rows.compute().values, crps(x, y).values, rtol=1e-14)
     w = area_weights(lat)
     total = crps(x, y, weights=w, dims=("lat", "lon"))
     per = crps(x, y)

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import xarray as xr
 
+from forecast.diagnostics._crps_kernel import crps_sums
 from forecast.grid import cell_area_weights
 
 ESTIMATORS = ("fair", "ensemble", "almost_fair")
@@ -93,6 +94,20 @@ def _crps_sorted(x: np.ndarray, y: np.ndarray, estimator: str, alpha: float) -> 
     if x.dtype not in (np.float32, np.float64):
         x = x.astype(np.float64)
     y = np.broadcast_to(np.asarray(y, np.float64), x.shape[:-1])
+    if x.shape[-1] >= 2 and x.ndim >= 1:
+        rows = x.reshape(-1, x.shape[-1])  # a view when the leading dims merge (the usual case)
+        sums = crps_sums(rows, y.reshape(-1))
+        if sums is not None:
+            skill, spread, has_nan = sums
+            out = _combine(skill, spread, float(x.shape[-1]), estimator, alpha)
+            if has_nan.any():  # the NaN policy on those rows only
+                out[has_nan] = _crps_sorted_numpy(rows[has_nan], y.reshape(-1)[has_nan], estimator, alpha)
+            return np.where(np.isnan(y.reshape(-1)), np.nan, out).reshape(x.shape[:-1])
+    return _crps_sorted_numpy(x, y, estimator, alpha)
+
+
+def _crps_sorted_numpy(x: np.ndarray, y: np.ndarray, estimator: str, alpha: float) -> np.ndarray:
+    """The numpy path (no numba, or rows with NaN members)."""
     if x.shape[-1] and not np.isnan(x).any():
         flat = _crps_complete(x.reshape(-1, x.shape[-1]), y.reshape(-1), estimator, alpha)
         return flat.reshape(x.shape[:-1])
