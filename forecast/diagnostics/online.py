@@ -113,20 +113,16 @@ class MeanSkill:
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         self.moments.load_state(state)
 
-    def _area_mean(self, field: np.ndarray) -> np.ndarray:
-        """(lead, channel, lat, lon) -> (lead, channel), cell-area weighted, NaN skipped."""
-        w = np.broadcast_to(self.weights[:, None], field.shape[-2:])
-        ok = ~np.isnan(field)
-        return (np.where(ok, field, 0.0) * w).sum((-2, -1)) / (ok * w).sum((-2, -1))
-
     def result(self) -> dict:
         mean = self.moments.mean.numpy()
         n = self.moments.count.numpy()[:, None, None, None]
         variance = self.moments.m2.numpy() / (n - 1)
         err2 = (mean - self.verification) ** 2
-        rmse = np.sqrt(self._area_mean(err2))
+        rmse = np.sqrt(_area_mean(err2, self.weights))
         m = n[:, 0, 0, 0][:, None]
-        ratio = np.sqrt((m + 1) / m) * np.sqrt(self._area_mean(np.where(np.isnan(err2), np.nan, variance))) / rmse
+        ratio = (
+            np.sqrt((m + 1) / m) * np.sqrt(_area_mean(np.where(np.isnan(err2), np.nan, variance), self.weights)) / rmse
+        )
         return {
             "ensemble_mean_rmse": (("lead_time", "channel"), rmse, {"estimator": "sqrt of the area-weighted mean"}),
             "spread_skill_ratio": (
