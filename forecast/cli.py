@@ -179,35 +179,27 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from forecast.archive import describe
-    from forecast.ingest import ingest
-    from forecast.world import WorldRun, generate_world
+    import os
 
-    cfg = load(DemoConfig, args.config)
-    out = Path(args.out)
-    world_dir, archive = out / "world", out / "archive.zarr"
-    t0 = time.perf_counter()
-    w = cfg.world
-    generate_world(
-        world_dir,
-        WorldRun(years=w.years, seed=w.seed, start_year=w.start_year, months=w.months),
-        progress=not args.quiet,
-    )
-    t1 = time.perf_counter()
-    report = ingest(
-        [world_dir],
-        archive,
-        grid=cfg.ingest.grid,
-        channels=cfg.ingest.channels,
-        time_step_hours=cfg.ingest.time_step_hours,
-        progress=not args.quiet,
-    )
-    t2 = time.perf_counter()
-    span = f"{w.months} month(s)" if w.months else f"{w.years} year(s)"
-    print(f"world: {span} simulated into {world_dir} in {t1 - t0:.1f} s")
-    print(f"ingest: {report.summary()} in {t2 - t1:.1f} s")
-    print(describe(str(archive)))
-    print("demo: stops after ingest for now; training, ensembles and diagnostics join as they land.")
+    out = Path(args.out).resolve()
+    load(DemoConfig, args.config)  # a bad config fails here, in one line, before anything runs
+    if not os.environ.get("PREFECT_API_URL"):
+        # no server configured: Prefect's local ephemeral API, its database under the demo's
+        # directory, so the completed flow run is kept with everything else the demo made
+        os.environ.setdefault("PREFECT_HOME", str(out / "prefect"))
+    from flows.demo import demo_flow
+
+    start = time.perf_counter()
+    state = demo_flow(str(out), args.config, return_state=True)
+    result = state.result()
+    print(f"demo: {state.name} in {time.perf_counter() - start:.0f} s under {out}")
+    print(f"  archive   {result['archive']}")
+    print(f"  packages  {', '.join(result['packages'])}")
+    print(f"  forecast  {result['store']} ({result['members']} members from {result['init_time']})")
+    print(f"  scores    {result['scores']}")
+    print(f"  report    {result['report']}")
+    if os.environ.get("PREFECT_HOME") == str(out / "prefect"):
+        print(f"  flow runs PREFECT_HOME={out / 'prefect'} prefect flow-run ls")
     return 0
 
 
@@ -297,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("archive")
     n.set_defaults(func=_cmd_info)
 
-    d = sub.add_parser("demo", help="run the main job on the built-in world")
+    d = sub.add_parser(
+        "demo", help="the whole chain on the built-in world: world, ingest, train, ensemble, scores, report"
+    )
     d.add_argument("--out", default="demo-output")
     d.add_argument("--config", default=str(CONFIG_DIR / "demo.yaml"))
     d.set_defaults(func=_cmd_demo)

@@ -49,9 +49,43 @@ class IngestConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DemoTrainConfig:
+    config: str = "train-demo.yaml"  # a training config: a path, or a name in configs/
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1])
+
+    def __post_init__(self):
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"train.seeds must be distinct and non-empty, got {self.seeds}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoEnsembleConfig:
+    init_time: str = "2000-12-10T00"
+    hindcasts: list[str] = dataclasses.field(
+        default_factory=lambda: ["2000-12-03T00", "2000-12-06T00", "2000-12-14T00", "2000-12-17T00"]
+    )
+    mclimate_window_days: int = 10
+    perturbations: int = 4
+    lead_hours: int = 120
+    output_leads: list[int] | None = None
+
+    def __post_init__(self):
+        if self.perturbations < 1 or self.lead_hours < 0 or self.mclimate_window_days < 0:
+            raise ConfigError("ensemble: perturbations >= 1, lead_hours >= 0 and mclimate_window_days >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
 class DemoConfig:
     world: WorldConfig = WorldConfig()
     ingest: IngestConfig = IngestConfig()
+    train: DemoTrainConfig = DemoTrainConfig()
+    ensemble: DemoEnsembleConfig = DemoEnsembleConfig()
+
+
+def config_path(name: str) -> Path:
+    """A config given by path, or by name in configs/."""
+    path = Path(name)
+    return path if path.exists() or path.is_absolute() else CONFIG_DIR / name
 
 
 def _check_type(value: Any, hint: Any, where: str) -> Any:

@@ -130,9 +130,11 @@ def plot_reliability(store: str, archive: str, channel: str, threshold: float, l
     return _save(fig, path)
 
 
-def plot_plume(store: str, archive: str, channel: str, lat: float, lon: float, path: Path) -> Path:
-    """Every member's trajectory at the grid point nearest (lat, lon), the first init time,
-    with the ensemble mean and the verifying analysis."""
+def plot_plume(
+    store: str, archive: str, channel: str, lat: float, lon: float, path: Path, init_time: str | None = None
+) -> Path:
+    """Every member's trajectory at the grid point nearest (lat, lon) from `init_time` (default
+    the store's first), with the ensemble mean and the verifying analysis."""
     from forecast.diagnostics.verify import verification
     from forecast.ensemble.store import ForecastStore
 
@@ -140,8 +142,9 @@ def plot_plume(store: str, archive: str, channel: str, lat: float, lon: float, p
     lats, lons = fs.group["lat"][:], fs.group["lon"][:]
     i, j = int(np.argmin(np.abs(lats - lat))), int(np.argmin(np.abs(lons - lon % 360)))
     c = fs.channels.index(channel)
-    x = fs.group["fields"][0, :, :, c, i, j]  # (member, lead)
-    init = fs.init_times[0]
+    n = 0 if init_time is None else fs.init_index(np.datetime64(init_time, "h"))
+    x = fs.group["fields"][n, :, :, c, i, j]  # (member, lead)
+    init = fs.init_times[n]
     truth = verification(
         archive, init + fs.lead_hours.astype("timedelta64[h]"), [channel], lats[i : i + 1], lons[j : j + 1]
     )
@@ -164,10 +167,16 @@ def plot_scores(
     archive: str | None = None,
     channels: Sequence[str] | None = None,
     point: tuple[float, float] = (50.0, 10.0),
+    init_time: str | None = None,
 ) -> list[Path]:
     """Every plot of a scores store into directory `out`; the plume and the reliability
-    diagram also need the forecast store and the archive. Returns the files written."""
-    ds = open_scores(scores).load()
+    diagram also need the forecast store and the archive. With `init_time`, the plots are of
+    that init time alone; otherwise scores are averaged over all scored init times. Returns
+    the files written."""
+    ds = open_scores(scores)
+    if init_time is not None:
+        ds = ds.sel(init_time=[np.datetime64(init_time, "ns")])
+    ds = ds.load()
     if not ds.sizes.get("init_time"):
         raise ValueError(f"{scores}: no init time is scored yet; nothing to plot")
     have = [str(c) for c in ds.channel.values]
@@ -187,7 +196,7 @@ def plot_scores(
         fs = ForecastStore.open(forecast_store)
         if fs.store_members:
             c = channels[0]
-            paths.append(plot_plume(forecast_store, archive, c, *point, folder / f"plume_{c}.png"))
+            paths.append(plot_plume(forecast_store, archive, c, *point, folder / f"plume_{c}.png", init_time))
             leads = [int(h) for h in fs.lead_hours if h > 0]
             if leads:
                 lead = leads[len(leads) // 2]

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import zarr
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from forecast.ensemble.members import Block
 from forecast.ensemble.online import Accumulator
+from forecast.locks import serialised
 
 STATE_ARRAY = "online_state"
 
@@ -111,8 +113,15 @@ class OnlineState:
 
     # -- results --------------------------------------------------------------------------
     def write_results(self) -> list[str]:
-        """Each accumulator's arrays, with a leading init_time dim where they have lead_time."""
-        group = self.store.group
+        """Each accumulator's arrays, with a leading init_time dim where they have lead_time.
+        Serialised across processes: runs for other init times may share the store."""
+        with serialised(f"{self.store.location.rstrip('/')}.lock"):
+            return self._write_results()
+
+    def _write_results(self) -> list[str]:
+        # a fresh view of the group: another process may have changed its attributes since
+        # this one opened it, and an attribute write rewrites the whole document
+        group = zarr.open_group(self.store.location, mode="r+")
         n_init = group["init_time"].shape[0]
         when = str(self.store.init_times[self.init_index])
         if when in group.attrs.get("statistics_complete", []):

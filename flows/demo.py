@@ -1,0 +1,65 @@
+"""Prefect flow: the whole chain on the built-in world, from nothing (`forecast demo`).
+
+world → ingest → train one checkpoint per seed → hindcasts → M-climate → the forecast flow
+(ensemble with online scores, diagnose, report). Every step is a library function; every
+output lands under `out`: world/, archive.zarr (+ archive.side.zarr, the M-climate),
+packages/seedNNN/, hindcast.zarr, forecast/ (forecast.zarr, scores.zarr, report and plots).
+Rerunning into the same directory reuses what is there (ingest skips known files, training
+resumes, the ensembles skip complete blocks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+
+from flows.forecast import forecast_flow, run_members
+from flows.train import train_flow
+from forecast.config import CONFIG_DIR, DemoConfig, config_path, load
+
+
+@task(task_run_name="simulate the world")
+def simulate_world(out: str, world: dict) -> str:
+    from forecast.world import WorldRun, generate_world
+
+    if not (Path(out) / "era5_world_static.nc").exists() or not list(Path(out).glob("era5_world_sfc_*.nc")):
+        generate_world(out, WorldRun(**world), progress=False)
+    return out
+
+
+@task(retries=1, task_run_name="ingest the world")
+def ingest_world(world_dir: str, archive: str, ingest: dict) -> str:
+    from forecast.ingest import ingest as run_ingest
+
+    return run_ingest([world_dir], archive, progress=False, **ingest).summary()
+
+
+@task(task_run_name="M-climate for {target}")
+def mclimate(archive: str, hindcasts: str, target: str, window_days: int) -> str:
+    from forecast.diagnostics.mclimate import build_mclimate
+
+    return build_mclimate(archive, [hindcasts], target, window_days=window_days)
+
+
+@flow(name="demo")
+def demo_flow(out: str, config: str = str(CONFIG_DIR / "demo.yaml")) -> dict:
+    logger = get_run_logger()
+    cfg = load(DemoConfig, config)
+    root = Path(out).resolve()
+    world_dir, archive = str(root / "world"), str(root / "archive.zarr")
+    simulate_world(world_dir, dataclasses.asdict(cfg.world))
+    ingest_args = {k: v for k, v in dataclasses.asdict(cfg.ingest).items() if k != "member"}
+    logger.info(ingest_world(world_dir, archive, ingest_args))
+    trained = train_flow(archive, str(root / "packages"), list(cfg.train.seeds), str(config_path(cfg.train.config)))
+    packages = [r["package"] for r in trained]
+    e = cfg.ensemble
+    settings = {"perturbations": e.perturbations, "lead_hours": e.lead_hours, "output_leads": e.output_leads}
+    hindcast = str(root / "hindcast.zarr")
+    for init in e.hindcasts:  # the model's own climate, for the EFI
+        run_members(archive, packages, init, hindcast, {**settings, "score": False})
+    mclimate(archive, hindcast, e.init_time, e.mclimate_window_days)
+    result = forecast_flow(archive, packages, str(root / "forecast"), init_time=e.init_time, settings=settings)
+    logger.info("demo done: report %s", result["report"])
+    return {"archive": archive, "packages": packages, "hindcast": hindcast, **result}

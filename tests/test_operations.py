@@ -1,0 +1,81 @@
+"""The forecast flow (one init time) under Prefect's test harness: scores, report and
+artifacts; a second run for the same init time is refused while one holds it, with a failure
+report saying how to resume; the scheduled init time comes from the scheduled start time."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+INIT = "2001-11-20T00"
+SETTINGS = {"perturbations": 1, "lead_hours": 24, "output_leads": [0, 24], "block_size": 2}
+
+
+@pytest.mark.parametrize(
+    ("scheduled", "cycle", "latency", "expected"),
+    [
+        (dt.datetime(2026, 11, 26, 6, 0, tzinfo=dt.UTC), 24, 6, "2026-11-26T00"),
+        (dt.datetime(2026, 11, 26, 5, 59, tzinfo=dt.UTC), 24, 6, "2026-11-25T00"),  # before the data are in
+        (dt.datetime(2026, 11, 26, 20, 30, tzinfo=dt.UTC), 6, 4, "2026-11-26T12"),
+        (dt.datetime(2026, 11, 26, 8, 0, tzinfo=dt.timezone(dt.timedelta(hours=2))), 24, 6, "2026-11-26T00"),
+    ],
+)
+def test_init_time_comes_from_the_scheduled_time(scheduled, cycle, latency, expected):
+    from flows.forecast import resolve_init_time
+
+    assert resolve_init_time(scheduled, cycle, latency) == expected
+
+
+def test_forecast_flow_scores_reports_and_refuses_a_concurrent_run(
+    prefect_server, world_archive, world_packages, tmp_path
+):
+    from prefect.client.orchestration import get_client
+
+    from flows.forecast import forecast_flow
+    from forecast.diagnostics.scores_store import open_scores
+    from forecast.locks import LockBusy
+
+    out = tmp_path / "daily"
+    lock = out / f"forecast.zarr.run-{INIT}.lock"
+    # another process holds this init time (as a second scheduled run would)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from forecast.locks import exclusive\nimport time\n"
+         f"with exclusive({str(lock)!r}, 'x'):\n    print('held', flush=True)\n    time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True, cwd=str(Path(__file__).resolve().parents[1]),
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockBusy, match="already running"):
+            forecast_flow(world_archive, world_packages, str(out), init_time=INIT, settings=SETTINGS)
+        failure = (out / f"failure-{INIT}.md").read_text()
+        assert "already running" in failure and "How to resume" in failure
+        assert not (out / "forecast.zarr").exists()  # nothing was written by the refused run
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.2)
+    result = forecast_flow(world_archive, world_packages, str(out), init_time=INIT, settings=SETTINGS)
+    assert result["init_time"] == INIT and result["members"] == 4
+    assert not (out / f"failure-{INIT}.md").exists()  # the success clears the stale failure report
+    scores = open_scores(result["scores"])
+    assert np.isfinite(scores.crps.sel(lead_time=24).values).all()
+    report = Path(result["report"]).read_text()
+    assert "| z500 | 1 |" in report and "![crps_spread_skill]" in report
+    for line in report.splitlines():
+        if line.startswith("!["):
+            assert (out / line.split("(")[1].rstrip(")")).is_file()
+    # the same markdown and a score table are Prefect artifacts
+    import asyncio
+
+    async def artifacts():
+        async with get_client() as client:
+            return await client.read_artifacts()
+
+    keys = {a.key for a in asyncio.run(artifacts())}
+    assert {"forecast-report", "forecast-scores"} <= keys
