@@ -187,6 +187,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         # no server configured: Prefect's local ephemeral API, its database under the demo's
         # directory, so the completed flow run is kept with everything else the demo made
         os.environ.setdefault("PREFECT_HOME", str(out / "prefect"))
+        Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect makes only the leaf
     from flows.demo import demo_flow
 
     start = time.perf_counter()

@@ -71,7 +71,7 @@ def report_markdown(store: str, scores: str, init_time: str, plots: Sequence[Pat
     if "efi" in ds:
         lines += ["", "Largest |EFI| per channel (M-climate from the hindcasts):", ""]
         for c in [c for c in HEADLINE if c in ds.channel.values]:
-            efi = ds.efi.sel(channel=c).load()
+            efi = ds.efi.sel(channel=c).where(ds.lead_time > 0).load()  # lead 0 is the analysis itself
             if np.isfinite(efi).any():
                 where = np.unravel_index(int(np.nanargmax(np.abs(efi.values))), efi.shape)
                 point = efi.isel(lead_time=where[0], lat=where[1], lon=where[2])

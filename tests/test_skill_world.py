@@ -1,6 +1,8 @@
 """Issue #3's skill bar, on the built-in world with the default configuration: every checkpoint
 beats persistence and climatology in RMSE of z500 and t850 at 24 h and 72 h on the validation
-period, and a 15-day rollout stays below 1.5 x climatology's RMSE. Two seeds, about 2.5 minutes each on 2 cores."""
+period, and a 15-day rollout stays below 1.5 x climatology's RMSE. One seed in CI (about 4 minutes
+on its 2 cores): the CI budget holds one default training; seeds 1 and 2 are checked by
+`benchmarks/science_world.py` (their figures are in the README)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import pytest
 from forecast.config import CONFIG_DIR, load
 from forecast.training.loop import TrainConfig, train
 
-SEEDS = (0, 1)
+SEEDS = (0,)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
