@@ -15,7 +15,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
-from flows.forecast import forecast_flow, run_members
+from flows.daily import forecast_flow, run_members
 from flows.train import train_flow
 from forecast.config import CONFIG_DIR, DemoConfig, config_path, load
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 import time
@@ -163,6 +164,44 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    import dataclasses as dc
+
+    from forecast.ensemble.engine import RunSettings
+
+    settings = load(RunSettings, args.config)
+    if args.perturbations:
+        settings = dc.replace(settings, perturbations=args.perturbations)
+    if args.lead_hours is not None:
+        settings = dc.replace(settings, lead_hours=args.lead_hours)
+    from flows.hindcast import hindcast_flow
+
+    result = hindcast_flow(
+        args.archive,
+        args.packages,
+        args.out,
+        args.start,
+        args.end,
+        every_hours=args.every_hours,
+        settings=json.loads(json.dumps(dc.asdict(settings))),
+        max_concurrent=args.max_concurrent,
+        mclimate_dates=args.mclimate,
+        mclimate_window_days=args.window_days,
+    )
+    print(f"{result['store']}: {len(result['ran'])} init times run, {len(result['skipped'])} already complete")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from forecast.config import OperationsConfig
+
+    load(OperationsConfig, args.config)  # a bad config fails here, in one line
+    from flows.serve import serve_operations
+
+    serve_operations(args.config, cron=args.cron)
+    return 0
+
+
 def _cmd_stats(args: argparse.Namespace) -> int:
     from forecast.archive import Archive
 
@@ -285,6 +324,26 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--plots", help="directory for PNG plots of the scores")
     v.add_argument("--rescore", action="store_true", help="rescore init times already scored")
     v.set_defaults(func=_cmd_diagnose)
+
+    b = sub.add_parser("backfill", help="hindcasts over a date range (skips complete init times), then the M-climate")
+    b.add_argument("--archive", required=True)
+    b.add_argument("--packages", nargs="+", required=True)
+    b.add_argument("--start", required=True, help="first init time, e.g. 2001-01-01T00")
+    b.add_argument("--end", required=True, help="last init time")
+    b.add_argument("--every-hours", type=int, default=24)
+    b.add_argument("--out", required=True, help="directory of the hindcast store (hindcast.zarr)")
+    b.add_argument("--config", default=str(CONFIG_DIR / "ensemble.yaml"), help="run settings")
+    b.add_argument("--perturbations", type=int, help="override the config's")
+    b.add_argument("--lead-hours", type=int, help="override the config's")
+    b.add_argument("--max-concurrent", type=int, default=2, help="init times run at once (default 2)")
+    b.add_argument("--mclimate", nargs="+", help="then build the M-climate for these dates")
+    b.add_argument("--window-days", type=int, default=15)
+    b.set_defaults(func=_cmd_backfill)
+
+    sv = sub.add_parser("serve", help="serve the daily forecast (cron) and hindcast deployments until stopped")
+    sv.add_argument("--config", default=str(CONFIG_DIR / "operations.yaml"), help="operations config")
+    sv.add_argument("--cron", help="override the config's schedule, e.g. '0 6 * * *'")
+    sv.set_defaults(func=_cmd_serve)
 
     n = sub.add_parser("info", help="describe an archive")
     n.add_argument("archive")

@@ -148,3 +148,32 @@ def load(cls: type[T], path: str | Path) -> T:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return from_dict(cls, data, str(path))
+
+
+@dataclasses.dataclass(frozen=True)
+class OperationsConfig:
+    """`forecast serve`: the daily forecast deployment and the hindcast deployment."""
+
+    archive: str
+    packages: list[str]
+    out_dir: str  # forecast.zarr, scores.zarr and the reports of the daily runs
+    hindcast_dir: str | None = None  # default: out_dir/hindcast
+    cron: str = "0 6 * * *"  # 06:00 every day
+    timezone: str = "UTC"
+    cycle_hours: int = 24
+    latency_hours: int = 6  # the run at 06:00 forecasts from 00 UTC
+    sources: list[str] | None = None  # new analyses to ingest before each run (files, directories, URLs)
+    ensemble_config: str = "ensemble.yaml"  # run settings (a path, or a name in configs/)
+    perturbations: int | None = None  # overrides of the ensemble config
+    lead_hours: int | None = None
+    hindcast_max_concurrent: int = 2
+
+    def __post_init__(self):
+        if not self.packages:
+            raise ConfigError("packages: at least one model package is needed")
+        if len(self.cron.split()) != 5:
+            raise ConfigError(f"cron must have 5 fields (minute hour day month weekday), got {self.cron!r}")
+        if self.cycle_hours <= 0 or 24 % self.cycle_hours:
+            raise ConfigError(f"cycle_hours must divide 24, got {self.cycle_hours}")
+        if self.hindcast_max_concurrent < 1:
+            raise ConfigError("hindcast_max_concurrent must be >= 1")

@@ -27,7 +27,7 @@ SETTINGS = {"perturbations": 1, "lead_hours": 24, "output_leads": [0, 24], "bloc
     ],
 )
 def test_init_time_comes_from_the_scheduled_time(scheduled, cycle, latency, expected):
-    from flows.forecast import resolve_init_time
+    from flows.daily import resolve_init_time
 
     assert resolve_init_time(scheduled, cycle, latency) == expected
 
@@ -37,7 +37,7 @@ def test_forecast_flow_scores_reports_and_refuses_a_concurrent_run(
 ):
     from prefect.client.orchestration import get_client
 
-    from flows.forecast import forecast_flow
+    from flows.daily import forecast_flow
     from forecast.diagnostics.scores_store import open_scores
     from forecast.locks import LockBusy
 
@@ -79,3 +79,29 @@ def test_forecast_flow_scores_reports_and_refuses_a_concurrent_run(
 
     keys = {a.key for a in asyncio.run(artifacts())}
     assert {"forecast-report", "forecast-scores"} <= keys
+
+
+def test_a_backfill_over_three_dates_with_one_complete_runs_two(
+    prefect_server, world_archive, world_packages, tmp_path
+):
+    from flows.hindcast import completed_inits, hindcast_flow
+    from forecast.ensemble.engine import RunSettings, run_ensemble
+    from forecast.ensemble.store import ForecastStore
+
+    settings = {"perturbations": 1, "lead_hours": 12, "block_size": 2}
+    store = tmp_path / "hindcast.zarr"
+    run_ensemble(world_archive, world_packages, "2001-11-11T00", str(store), RunSettings(**settings), progress=False)
+    before = ForecastStore.open(str(store)).group["fields"][0]
+    result = hindcast_flow(
+        world_archive, world_packages, str(tmp_path), "2001-11-10T00", "2001-11-12T00",
+        settings=settings, max_concurrent=2,
+    )  # fmt: skip
+    assert result["ran"] == ["2001-11-10T00", "2001-11-12T00"] and result["skipped"] == ["2001-11-11T00"]
+    assert completed_inits(str(store)) == {"2001-11-10T00", "2001-11-11T00", "2001-11-12T00"}
+    fs = ForecastStore.open(str(store))
+    i = fs.init_index(np.datetime64("2001-11-11T00", "h"))
+    np.testing.assert_array_equal(fs.group["fields"][i], before)  # the complete init was left alone
+    again = hindcast_flow(
+        world_archive, world_packages, str(tmp_path), "2001-11-10T00", "2001-11-12T00", settings=settings
+    )
+    assert again["ran"] == []

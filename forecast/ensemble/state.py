@@ -79,28 +79,39 @@ class OnlineState:
 
     def save(self) -> None:
         blob = np.frombuffer(self.to_bytes(), dtype=np.uint8)
-        group = self.store.group
-        n_init = group["init_time"].shape[0]
-        if STATE_ARRAY not in group:
-            group.create_array(
-                STATE_ARRAY,
-                shape=(n_init, blob.size + 8),
-                chunks=(1, blob.size + 8),
-                dtype="uint8",
-                fill_value=0,
-                compressors=None,
-                dimension_names=["init_time", "state_bytes"],
-                attributes={"long_name": "online accumulator state (8-byte length + safetensors)"},
-            )
-        arr = group[STATE_ARRAY]
-        if arr.shape[0] < n_init:
-            arr.resize((n_init, arr.shape[1]))
+        arr = self._state_array(blob.size + 8)
         if blob.size + 8 > arr.shape[1]:
             raise ValueError(f"{self.store.location}: online state grew to {blob.size} bytes; the run changed")
         row = np.zeros(arr.shape[1], np.uint8)
         row[:8] = np.frombuffer(np.int64(blob.size).tobytes(), np.uint8)
         row[8 : 8 + blob.size] = blob
         arr[self.init_index] = row  # one chunk: one atomic object write
+
+    def _state_array(self, width: int):
+        """The state array, created or grown to every init time of the store. Growing it is
+        serialised across processes: two runs for other init times must not resize it to
+        different lengths (a resize drops the chunks beyond the new shape)."""
+        group = self.store.group
+        if STATE_ARRAY in group and group[STATE_ARRAY].shape[0] >= group["init_time"].shape[0]:
+            return group[STATE_ARRAY]
+        with serialised(f"{self.store.location.rstrip('/')}.lock"):
+            group = zarr.open_group(self.store.location, mode="r+")
+            n_init = group["init_time"].shape[0]
+            if STATE_ARRAY not in group:
+                group.create_array(
+                    STATE_ARRAY,
+                    shape=(n_init, width),
+                    chunks=(1, width),
+                    dtype="uint8",
+                    fill_value=0,
+                    compressors=None,
+                    dimension_names=["init_time", "state_bytes"],
+                    attributes={"long_name": "online accumulator state (8-byte length + safetensors)"},
+                )
+            arr = group[STATE_ARRAY]
+            if arr.shape[0] < n_init:
+                arr.resize((n_init, arr.shape[1]))
+            return arr
 
     def _load(self) -> None:
         group = self.store.group
