@@ -93,3 +93,34 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(prefect_server, tmp_path_factory) -> tuple[Path, str]:
+    """`forecast demo` with a tiny configuration (two simulated months, two tiny checkpoints,
+    three hindcasts, 8 members for 24 h): the whole chain in about a minute. Returns (output
+    directory, what it printed)."""
+    import contextlib
+    import io
+
+    from forecast.cli import main
+
+    root = tmp_path_factory.mktemp("tiny-demo")
+    train = root / "train.yaml"
+    train.write_text(
+        "model: {embed_dim: 8, num_layers: 1}\nepochs: 1\nfinetune_epochs: 0\nbatch_size: 4\n"
+        "max_batches_per_epoch: 10\nskill_inits: 4\n"
+    )
+    config = root / "demo.yaml"
+    config.write_text(
+        "world: {months: 2, seed: 3}\ningest: {time_step_hours: 6}\n"
+        f"train: {{config: {train}, seeds: [0, 1]}}\n"
+        "ensemble: {init_time: '2000-02-24T00', hindcasts: ['2000-02-20T00', '2000-02-22T00', '2000-02-26T00'],"
+        " mclimate_window_days: 5, perturbations: 2, lead_hours: 24}\n"
+    )
+    out = root / "out"
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        mp.setenv("PREFECT_HOME", str(root / "prefect-home"))
+        assert main(["-q", "demo", "--out", str(out), "--config", str(config)]) == 0
+    return out, printed.getvalue()

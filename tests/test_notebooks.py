@@ -30,3 +30,34 @@ def test_explore_archive_notebook(tmp_path, monkeypatch):
         exec(compile("".join(cell["source"]), "notebook", "exec"), namespace)  # noqa: S102
     assert namespace["ds"].sizes["time"] == 8
     assert np.isfinite(namespace["north"].values).all() and len(namespace["north"]) == 8
+
+
+def _run(name: str, namespace: dict) -> dict:
+    nb = json.loads((NOTEBOOKS / name).read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            exec(compile("".join(cell["source"]), name, "exec"), namespace)  # noqa: S102
+    return namespace
+
+
+def test_diagnostics_notebook_on_the_demo_outputs(tiny_demo, monkeypatch, tmp_path):
+    matplotlib.use("Agg")
+    out, _ = tiny_demo
+    monkeypatch.setenv("FORECAST_SCORES", str(out / "forecast" / "scores.zarr"))
+    monkeypatch.chdir(tmp_path)
+    ns = _run("diagnostics.ipynb", {})
+    assert ns["m"] == 8 and np.isfinite(ns["ssr"].values[1:]).all()
+    assert ns["identity_error"] < 1e-6 * float(ns["s"].member_mean_spectrum.max())
+    assert ns["efi_map"] is not None and np.isfinite(ns["efi_map"].values).all()
+    assert abs(float(ns["hist"].sum("rank").sel(channel="z500")) - 33 * 64) < 1e-6  # every point ranked once
+
+
+def test_ensemble_notebook_regenerates_a_stored_member(tiny_demo, monkeypatch, tmp_path):
+    matplotlib.use("Agg")
+    out, _ = tiny_demo
+    monkeypatch.setenv("FORECAST_STORE", str(out / "forecast" / "forecast.zarr"))
+    monkeypatch.chdir(tmp_path)
+    ns = _run("explore_ensemble.ipynb", {})
+    assert ns["point"].sizes["member"] == 8 and np.isfinite(ns["point"].values).all()
+    assert ns["same"]  # bit for bit
+    assert float(ns["spread"].mean()) > 0
