@@ -363,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for noisy in ("httpx", "httpcore", "jax._src.xla_bridge"):  # one line per HTTP call to Prefect's API
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     from forecast.archive import ArchiveError
     from forecast.ensemble.store import StoreError
     from forecast.ingest.sources import IngestError
