@@ -14,6 +14,15 @@ from forecast.ingest import ingest
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
+def _run(name: str, namespace: dict) -> dict:
+    """Every code cell of the notebook, in order, in one namespace (as a kernel runs them)."""
+    nb = json.loads((NOTEBOOKS / name).read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            exec(compile("".join(cell["source"]), name, "exec"), namespace)  # noqa: S102
+    return namespace
+
+
 def test_explore_archive_notebook(tmp_path, monkeypatch):
     matplotlib.use("Agg")
     archive = tmp_path / "archive.zarr"
@@ -21,23 +30,10 @@ def test_explore_archive_notebook(tmp_path, monkeypatch):
     ingest([src], archive, progress=False)
     monkeypatch.setenv("FORECAST_ARCHIVE", str(archive))
     monkeypatch.setenv("FORECAST_CHANNEL", "t850")
-    nb = json.loads((NOTEBOOKS / "explore_archive.ipynb").read_text())
-    namespace: dict = {}
     monkeypatch.chdir(tmp_path)
-    for cell in nb["cells"]:
-        if cell["cell_type"] != "code":
-            continue
-        exec(compile("".join(cell["source"]), "notebook", "exec"), namespace)  # noqa: S102
+    namespace = _run("explore_archive.ipynb", {})
     assert namespace["ds"].sizes["time"] == 8
     assert np.isfinite(namespace["north"].values).all() and len(namespace["north"]) == 8
-
-
-def _run(name: str, namespace: dict) -> dict:
-    nb = json.loads((NOTEBOOKS / name).read_text())
-    for cell in nb["cells"]:
-        if cell["cell_type"] == "code":
-            exec(compile("".join(cell["source"]), name, "exec"), namespace)  # noqa: S102
-    return namespace
 
 
 def test_diagnostics_notebook_on_the_demo_outputs(tiny_demo, monkeypatch, tmp_path):
