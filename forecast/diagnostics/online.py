@@ -18,8 +18,7 @@ the members block by block. What it keeps does not grow with the member count:
   blocks, and no summary smaller than the members themselves gives it exactly, so each
   block's members are spilled, cut in spatial tiles (bands of latitude rows), to a scratch
   Zarr array; at the end each tile's members are read together (memory: members × one tile)
-  and scored with the sorted form, and the scratch is deleted. The skill term Σ|x_i − y| is
-  summed as the members pass.
+  and scored with the sorted form, and the scratch is deleted.
 """
 
 from __future__ import annotations
@@ -258,7 +257,6 @@ class TiledCRPS:
         self.members, self.scratch, self.estimator = members, str(scratch), estimator
         self.member_chunk, self.tile_rows = member_chunk, tile_rows
         self.first = 0  # the block's first member, set by `begin_block`
-        self.skill = torch.zeros(self.verification.shape, dtype=torch.float64)  # Σ |x_i - y|, for the record
         self.count = torch.zeros(self.verification.shape[0], dtype=torch.float64)
         self._array = None
 
@@ -290,15 +288,13 @@ class TiledCRPS:
     def update(self, lead_index: int, members: torch.Tensor) -> None:
         x = members.detach().cpu().float().numpy()
         self.array()[lead_index, self.first : self.first + x.shape[0]] = x
-        self.skill[lead_index] += torch.from_numpy(np.abs(x - self.verification[lead_index][None]).sum(0))
         self.count[lead_index] += x.shape[0]
 
     def merge(self, other: TiledCRPS) -> None:
-        self.skill += other.skill
         self.count += other.count
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {"skill": self.skill, "count": self.count}
+        return {"count": self.count}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         for key, value in state.items():
@@ -306,6 +302,8 @@ class TiledCRPS:
 
     def result(self) -> dict:
         leads, channels, nlat, nlon = self.verification.shape
+        if not (self.count == self.members).all():  # the scratch holds exactly the members counted in
+            raise ValueError(f"CRPS: members spilled per lead {self.count.tolist()}, expected {self.members} each")
         arr = self.array()
         crps_map = np.full(self.verification.shape, np.nan)
         for k in range(leads):
