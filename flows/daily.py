@@ -130,4 +130,6 @@ def forecast_flow(
         raise
     stale = Path(out_dir) / f"failure-{init_time}.md"
     stale.unlink(missing_ok=True)  # this init time has now succeeded
-    return {"init_time": init_time, **p, "report": path, "members": summary["members"]}
+    return {
+        "init_time": init_time, **p, "report": path, "members": summary["members"], "blocks_run": summary["blocks_run"]
+    }  # fmt: skip

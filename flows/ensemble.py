@@ -60,7 +60,12 @@ def ensemble_flow(
     blocks_per_task: int = 1,
     device: str | None = None,
     threads_per_task: int | None = None,
+    block_retries: int = 2,
 ) -> dict:
+    """The ensemble from `init_time` into the store `out`, member blocks as tasks. A task that
+    fails after `block_retries` retries loses only its own blocks: every other task's blocks
+    are written, merged and saved before the flow fails naming the failed ones, and a rerun
+    runs only those."""
     logger = get_run_logger()
     run = RunSettings.from_dict(settings)
     plan = plan_run(archive, packages, init_time, run)
@@ -89,14 +94,25 @@ def ensemble_flow(
     todo = [b.index for b in all_blocks if not state.has(b)]
     logger.info("%d members in %d blocks; %d blocks to run", plan.layout.size, len(all_blocks), len(todo))
     shares = [todo[i : i + blocks_per_task] for i in range(0, len(todo), blocks_per_task)]
-    futures = [
-        run_blocks.submit(archive, packages, init_time, out, fixed, share, device, threads_per_task) for share in shares
-    ]
-    for future in futures:
+    task = run_blocks.with_options(retries=block_retries)
+    futures = [task.submit(archive, packages, init_time, out, fixed, share, device, threads_per_task) for share in shares]
+    failed: dict[str, str] = {}
+    for share, future in zip(shares, futures, strict=True):
+        future.wait()
+        if not future.state.is_completed():  # keep going: the other shares' blocks are not lost
+            failed[",".join(map(str, share))] = str(future.state.message)
+            logger.error("blocks %s failed after %d retries: %s", share, block_retries, future.state.message)
+            continue
         part = OnlineState(store, init_index, len(all_blocks), accumulators_for(plan, out), persistent=False)
         part.from_bytes(future.result())
         state.merge(part)
         state.save()
+    if failed:
+        raise RuntimeError(
+            f"{out}: the ensemble from {plan.init_time} lost blocks {sorted(failed)} "
+            f"({next(iter(failed.values()))}); {len(shares) - len(failed)} of {len(shares)} tasks are saved: "
+            "rerun the same flow to run only the failed blocks"
+        )
     if state.complete():
         state.write_results()
     summary = {

@@ -119,9 +119,9 @@ class MeanSkill:
         err2 = (mean - self.verification) ** 2
         rmse = np.sqrt(_area_mean(err2, self.weights))
         m = n[:, 0, 0, 0][:, None]
-        ratio = (
-            np.sqrt((m + 1) / m) * np.sqrt(_area_mean(np.where(np.isnan(err2), np.nan, variance), self.weights)) / rmse
-        )
+        spread = np.sqrt(_area_mean(np.where(np.isnan(err2), np.nan, variance), self.weights))
+        with np.errstate(divide="ignore", invalid="ignore"):  # a perfect mean (lead 0 of centred pairs): inf
+            ratio = np.sqrt((m + 1) / m) * spread / rmse
         return {
             "ensemble_mean_rmse": (("lead_time", "channel"), rmse, {"estimator": "sqrt of the area-weighted mean"}),
             "spread_skill_ratio": (

@@ -1,0 +1,105 @@
+"""Reliability of unattended runs: a member block that fails for good loses no other block
+(Dask flow), and a forecast flow killed mid-ensemble resumes on rerun."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from forecast.ensemble.engine import RunSettings, run_ensemble
+from forecast.ensemble.store import ForecastStore, open_forecast
+
+ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def test_a_failed_block_loses_no_other_block_under_the_dask_flow(
+    prefect_server, world_archive, world_packages, tmp_path
+):
+    from flows.ensemble import run_on_dask
+
+    init, settings = "2001-11-03T00", {"perturbations": 2, "lead_hours": 24, "block_size": 2}
+    reference = tmp_path / "reference.zarr"
+    run_ensemble(world_archive, world_packages, init, str(reference), RunSettings(**settings), progress=False)
+    # the second checkpoint's weights are damaged on disk after it was trained (same name, so
+    # its members' seeds are those of the reference run): its two blocks fail on every worker
+    broken = tmp_path / "copy" / Path(world_packages[1]).name
+    shutil.copytree(world_packages[1], broken)
+    (broken / "weights.safetensors").write_bytes(b"\0" * 64)
+    packages = [world_packages[0], str(broken)]
+    out = tmp_path / "dask.zarr"
+    with pytest.raises(RuntimeError, match=r"lost blocks \['2', '3'\].*rerun the same flow"):
+        run_on_dask(world_archive, packages, init, str(out), settings, n_workers=2, block_retries=0)
+    fs = ForecastStore.open(str(out))
+    complete = fs.complete(0)
+    assert complete[:4].all() and not complete[4:].any()  # checkpoint 0's blocks were kept
+    ref = open_forecast(str(reference))
+    np.testing.assert_allclose(
+        fs.group["fields"][0, :4], ref.fields.values[0, :4], rtol=0, atol=1e-5 * np.abs(ref.fields.values).max()
+    )
+    assert "ensemble_mean" not in fs.group  # the statistics wait for every member
+
+    (broken / "weights.safetensors").write_bytes((Path(world_packages[1]) / "weights.safetensors").read_bytes())
+    again = run_on_dask(world_archive, packages, init, str(out), settings, n_workers=2)
+    assert again["blocks_run"] == 2 and again["statistics_complete"]
+    done = open_forecast(str(out))
+    assert done.complete.values.all() and (done.member_count.values == 8).all()
+    scale = np.abs(ref.fields.values).max()
+    np.testing.assert_allclose(done.fields.values, ref.fields.values, rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(done.ensemble_mean.values, ref.ensemble_mean.values, rtol=0, atol=1e-5 * scale)
+
+
+def test_a_killed_forecast_flow_resumes_on_rerun(prefect_server, world_archive, world_packages, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.daily import forecast_flow
+
+    init = "2001-11-05T00"
+    settings = {"perturbations": 4, "lead_hours": 96, "block_size": 2}
+    out = tmp_path / "daily"
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+        PREFECT_API_URL=str(PREFECT_API_URL.value()),  # the test harness's server
+        OMP_NUM_THREADS=str(torch.get_num_threads()),
+    )
+    code = (
+        "from flows.daily import forecast_flow\n"
+        f"forecast_flow({world_archive!r}, {world_packages!r}, {str(out)!r}, init_time={init!r}, settings={settings!r})"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)  # fmt: skip
+    store = out / "forecast.zarr"
+    deadline, done = time.monotonic() + 300, 0
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            done = int(ForecastStore.open(str(store)).group["complete"][:].sum())
+        except Exception:  # noqa: BLE001 (the store may not exist yet)
+            done = 0
+        if done >= 4:  # two of the eight blocks
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+    proc.send_signal(signal.SIGKILL)  # as an OOM kill or a lost node would
+    proc.wait()
+    kept = int(ForecastStore.open(str(store)).group["complete"][:].sum())
+    assert 4 <= kept < 16
+    # the rerun is not refused (the dead run's lock died with it) and runs only the rest
+    result = forecast_flow(world_archive, world_packages, str(out), init_time=init, settings=settings)
+    assert result["blocks_run"] == 8 - kept // 2 and result["members"] == 16
+    clean = tmp_path / "clean.zarr"
+    run_ensemble(world_archive, world_packages, init, str(clean),
+                 RunSettings(**settings, score=True), progress=False)  # fmt: skip
+    a, b = open_forecast(str(store)), open_forecast(str(clean))
+    scale = np.abs(b.fields.values).max()
+    np.testing.assert_allclose(a.fields.values, b.fields.values, rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(a.ensemble_variance.values, b.ensemble_variance.values, rtol=1e-4, atol=1e-6 * scale)
+    assert Path(result["report"]).is_file() and not (out / f"failure-{init}.md").exists()
