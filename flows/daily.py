@@ -2,7 +2,8 @@
 
 Steps, each a task over a library function: ingest new analyses (if sources are given; skipped
 by checksum when already in), run the ensemble with online scores (resumes a killed run:
-complete blocks are kept), score the store against the archive (`diagnose`), write
+complete blocks are kept), score the store against the archive (`diagnose`: this init time's
+verifiable leads, and the leads of earlier init times whose analyses came in since), write
 `report-INIT.md` with its plots beside the store and publish the same markdown and a score
 table as artifacts. The init time is a parameter or, for a scheduled run, derived from the
 run's *scheduled* start time (never from "now"), so a late or retried run forecasts the same
@@ -23,9 +24,9 @@ import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from forecast.diagnostics.verify import diagnose
+from flows.diagnose import score
 from forecast.ensemble.engine import RunSettings, run_ensemble
-from forecast.locks import exclusive, serialised
+from forecast.locks import exclusive
 from forecast.report import score_table, write_report
 
 
@@ -56,12 +57,6 @@ def ingest_new(sources: list[str], archive: str) -> str:
 def run_members(archive: str, packages: list[str], init_time: str, store: str, settings: dict) -> dict:
     # A retry resumes: blocks already complete in the store are not rerun.
     return run_ensemble(archive, packages, init_time, store, RunSettings.from_dict(settings), progress=False)
-
-
-@task(retries=2, retry_delay_seconds=5, task_run_name="score {store}")
-def score(store: str, archive: str, scores: str) -> dict:
-    with serialised(f"{scores}.lock"):  # one writer per scores store
-        return diagnose(store, archive, scores, progress=False)
 
 
 @task(task_run_name="report {init_time}")

@@ -94,8 +94,8 @@ def ensemble_flow(
     todo = [b.index for b in all_blocks if not state.has(b)]
     logger.info("%d members in %d blocks; %d blocks to run", plan.layout.size, len(all_blocks), len(todo))
     shares = [todo[i : i + blocks_per_task] for i in range(0, len(todo), blocks_per_task)]
-    task = run_blocks.with_options(retries=block_retries)
-    futures = [task.submit(archive, packages, init_time, out, fixed, share, device, threads_per_task) for share in shares]
+    submit = run_blocks.with_options(retries=block_retries).submit
+    futures = [submit(archive, packages, init_time, out, fixed, share, device, threads_per_task) for share in shares]
     failed: dict[str, str] = {}
     for share, future in zip(shares, futures, strict=True):
         future.wait()

@@ -105,3 +105,40 @@ def test_a_backfill_over_three_dates_with_one_complete_runs_two(
         world_archive, world_packages, str(tmp_path), "2001-11-10T00", "2001-11-12T00", settings=settings
     )
     assert again["ran"] == []
+
+
+def test_leads_are_scored_as_their_analyses_reach_the_archive(
+    prefect_server, world_two_years, world_archive, world_packages, tmp_path
+):
+    """A daily forecast is scored at first for the leads already analysed; once the next
+    month is ingested, the diagnose flow scores the rest, and the scores equal those of a
+    store scored in one go."""
+    from flows.diagnose import diagnose_flow
+    from forecast.diagnostics.scores_store import ScoresStore, open_scores
+    from forecast.diagnostics.verify import diagnose
+    from forecast.ensemble.engine import RunSettings, run_ensemble
+    from forecast.ingest import ingest
+
+    world = Path(world_two_years)
+    growing = str(tmp_path / "growing.zarr")  # the operational archive: November first
+    ingest([world / "era5_world_static.nc", *sorted(world.glob("era5_world_*_200111.nc"))], growing, progress=False)
+    init = "2001-11-30T00"
+    store = str(tmp_path / "forecast.zarr")
+    settings = RunSettings(perturbations=1, lead_hours=48, block_size=2)
+    run_ensemble(growing, world_packages, init, store, settings, progress=False)
+    scores = str(tmp_path / "scores.zarr")
+    assert diagnose(store, growing, scores, progress=False) == {init: 4}  # 00..18 UTC on the 30th
+    assert ScoresStore.open(scores).verified_leads(np.datetime64(init)) == {0, 6, 12, 18}
+    assert np.isnan(open_scores(scores).crps.sel(lead_time=24).values).all()
+    assert diagnose_flow(store, growing, scores)["scored"] == {}  # nothing new has come in
+
+    ingest(sorted(world.glob("era5_world_*_200112.nc")), growing, progress=False)
+    result = diagnose_flow(store, growing, scores, plots_dir=str(tmp_path / "plots"))
+    assert result["scored"] == {init: 9}
+    assert any(p.endswith(".png") for p in result["plots"])
+    once = str(tmp_path / "once.zarr")
+    diagnose(store, growing, once, progress=False)
+    a, b = open_scores(scores), open_scores(once)
+    for name in ("crps", "ensemble_mean_rmse", "spread_skill_ratio", "rank_histogram", "crps_map"):
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+    assert np.isfinite(a.crps.values).all()

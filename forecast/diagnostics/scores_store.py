@@ -136,8 +136,16 @@ class ScoresStore:
             )
         self.group[name][init_index, lead_index] = values
 
-    def mark_scored(self, init_time: np.datetime64) -> None:
-        self.group.attrs["scored_init_times"] = sorted(self.scored | {str(np.datetime64(init_time, "h"))})
+    def verified_leads(self, init_time: np.datetime64) -> set[int] | None:
+        """Lead hours of `init_time` scored against an analysis (None: not recorded)."""
+        leads = self.group.attrs.get("verified_leads", {}).get(str(np.datetime64(init_time, "h")))
+        return None if leads is None else set(leads)
+
+    def mark_scored(self, init_time: np.datetime64, verified_leads: Sequence[int]) -> None:
+        key = str(np.datetime64(init_time, "h"))
+        record = {**self.group.attrs.get("verified_leads", {}), key: sorted(int(h) for h in verified_leads)}
+        # one attribute update: the init time and its verified leads land together
+        self.group.attrs.update({"verified_leads": record, "scored_init_times": sorted(self.scored | {key})})
 
 
 def open_scores(location: str) -> xr.Dataset:

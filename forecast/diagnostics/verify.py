@@ -127,7 +127,10 @@ def score_lead(
 
 def diagnose(store: str, archive: str, out: str, rescore: bool = False, progress: bool = True) -> dict:
     """Score every init time of the forecast store `store` against `archive` into the scores
-    store `out`. Returns {init_time: number of leads verified}."""
+    store `out`. An init time scored before is skipped, except for the lead times whose
+    verifying analyses have reached the archive since (a daily forecast is scored first for
+    its early leads, then lead by lead as the analyses come in). `rescore` scores everything
+    again. Returns {init_time: number of leads verified} for the init times scored now."""
     fs = ForecastStore.open(store)
     if not fs.store_members:
         raise ValueError(f"{store}: this run kept statistics only; score it online (the engine's scores) instead")
@@ -135,14 +138,25 @@ def diagnose(store: str, archive: str, out: str, rescore: bool = False, progress
     lat, lon = fs.group["lat"][:], fs.group["lon"][:]
     source = {"forecast_store": str(store), "archive": str(archive)}
     scores = ScoresStore.open_or_create(out, fs.init_times, leads, channels, lat, lon, source)
+    a = Archive.open(archive)
+    analysed = a.times[: a.committed]
     weights = area_weights(lat)
     lmax = default_lmax(len(lat), "equiangular")
     coords = {"channel": channels, "lat": lat, "lon": lon}
     summary = {}
     for i, init in enumerate(fs.init_times):
         key = str(np.datetime64(init, "h"))
+        valid = np.datetime64(init, "h") + leads.astype("timedelta64[h]")
+        before: set[int] = set()
+        todo = list(range(len(leads)))
         if key in scores.scored and not rescore:
-            continue
+            before = scores.verified_leads(init)
+            if before is None:  # a store from before leads were recorded: leave it
+                continue
+            arrived = np.isin(valid, analysed)
+            todo = [k for k in todo if arrived[k] and int(leads[k]) not in before]
+            if not todo:
+                continue
         complete = fs.complete(i)
         if not complete.all():  # a run still going (or stopped): its rank histogram has no fixed m yet
             log.warning(
@@ -150,27 +164,30 @@ def diagnose(store: str, archive: str, out: str, rescore: bool = False, progress
             )
             continue
         members = np.flatnonzero(complete)
-        valid = np.datetime64(init, "h") + leads.astype("timedelta64[h]")
-        truth = verification(archive, valid, channels, lat, lon)
+        truth = verification(archive, valid[todo], channels, lat, lon)
         climate = load_mclimate(archive, init)
         j = scores.index(init)
-        verified = 0
-        for k in tqdm(range(len(leads)), desc=f"scoring {key}", disable=not progress):
+        verified = set(before)
+        for n, k in enumerate(tqdm(todo, desc=f"scoring {key}", disable=not progress)):
             x = np.asarray(fs.group["fields"].get_orthogonal_selection((i, members, k)))
             xa = xr.DataArray(x, dims=("member", "channel", "lat", "lon"), coords=coords)
-            ya = xr.DataArray(truth[k], dims=("channel", "lat", "lon"), coords=coords)
+            ya = xr.DataArray(truth[n], dims=("channel", "lat", "lon"), coords=coords)
             clim = None
             if climate is not None and int(leads[k]) in set(climate.lead_time.values.tolist()):
                 clim = climate.sel(lead_time=int(leads[k]), channel=channels).assign_coords(lat=lat, lon=lon)
-            verified += bool(np.isfinite(truth[k]).any())
+            if np.isfinite(truth[n]).any():
+                verified.add(int(leads[k]))
             for name, (dims, values, attrs) in score_lead(xa, ya, weights, clim, lmax).items():
                 scores.write(name, j, k, dims, values, _plain(attrs))
         scores.coord("rank", np.arange(len(members) + 1), {"long_name": "rank of the verification"})
         scores.coord("l", np.arange(lmax), {"long_name": "total wavenumber"})
         scores.group.attrs["members"] = int(len(members))
-        scores.mark_scored(init)
-        summary[key] = verified
-        log.info("%s: init %s scored, %d of %d leads verifiable", out, key, verified, len(leads))
+        scores.mark_scored(init, verified)
+        summary[key] = len(verified)
+        log.info(
+            "%s: init %s scored (%d lead times now), %d of %d leads verified",
+            out, key, len(todo), len(verified), len(leads),
+        )  # fmt: skip
     return summary
 
 
