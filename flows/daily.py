@@ -54,9 +54,11 @@ def ingest_new(sources: list[str], archive: str) -> str:
 
 
 @task(retries=1, retry_delay_seconds=10, task_run_name="ensemble {init_time}")
-def run_members(archive: str, packages: list[str], init_time: str, store: str, settings: dict) -> dict:
+def run_members(
+    archive: str, packages: list[str], init_time: str, store: str, settings: dict, progress: bool = False
+) -> dict:
     # A retry resumes: blocks already complete in the store are not rerun.
-    return run_ensemble(archive, packages, init_time, store, RunSettings.from_dict(settings), progress=False)
+    return run_ensemble(archive, packages, init_time, store, RunSettings.from_dict(settings), progress=progress)
 
 
 @task(task_run_name="report {init_time}")
@@ -98,9 +100,11 @@ def forecast_flow(
     sources: list[str] | None = None,
     cycle_hours: int = 24,
     latency_hours: int = 6,
+    progress: bool = False,
 ) -> dict:
     """The forecast from `init_time` (default: from the scheduled start time) into `out_dir`
-    (forecast.zarr, scores.zarr, report-INIT.md, plots-INIT/)."""
+    (forecast.zarr, scores.zarr, report-INIT.md, plots-INIT/). `progress` shows the
+    ensemble's progress bar (for a terminal; scheduled runs log instead)."""
     logger = get_run_logger()
     if init_time is None:
         from prefect.runtime import flow_run
@@ -115,7 +119,7 @@ def forecast_flow(
         with exclusive(f"{p['store']}.run-{init_time}.lock", f"the forecast from {init_time}"):
             if sources:
                 logger.info(ingest_new(sources, archive))
-            summary = run_members(archive, packages, init_time, p["store"], run_settings)
+            summary = run_members(archive, packages, init_time, p["store"], run_settings, progress)
             logger.info("%d members in %s, %d blocks run", summary["members"], p["store"], summary["blocks_run"])
             score(p["store"], archive, p["scores"])
             path = report(p["store"], p["scores"], archive, init_time, out_dir)

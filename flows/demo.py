@@ -21,19 +21,19 @@ from forecast.config import CONFIG_DIR, DemoConfig, config_path, load
 
 
 @task(task_run_name="simulate the world")
-def simulate_world(out: str, world: dict) -> str:
+def simulate_world(out: str, world: dict, progress: bool = False) -> str:
     from forecast.world import WorldRun, generate_world
 
     if not (Path(out) / "era5_world_static.nc").exists() or not list(Path(out).glob("era5_world_sfc_*.nc")):
-        generate_world(out, WorldRun(**world), progress=False)
+        generate_world(out, WorldRun(**world), progress=progress)
     return out
 
 
 @task(retries=1, task_run_name="ingest the world")
-def ingest_world(world_dir: str, archive: str, ingest: dict) -> str:
+def ingest_world(world_dir: str, archive: str, ingest: dict, progress: bool = False) -> str:
     from forecast.ingest import ingest as run_ingest
 
-    return run_ingest([world_dir], archive, progress=False, **ingest).summary()
+    return run_ingest([world_dir], archive, progress=progress, **ingest).summary()
 
 
 @task(task_run_name="M-climate for {target}")
@@ -44,22 +44,26 @@ def mclimate(archive: str, hindcasts: str, target: str, window_days: int) -> str
 
 
 @flow(name="demo")
-def demo_flow(out: str, config: str = str(CONFIG_DIR / "demo.yaml")) -> dict:
+def demo_flow(out: str, config: str = str(CONFIG_DIR / "demo.yaml"), progress: bool = False) -> dict:
+    """Everything under `out`; `progress` shows the long steps' progress bars (`forecast demo`
+    does, unless --quiet)."""
     logger = get_run_logger()
     cfg = load(DemoConfig, config)
     root = Path(out).resolve()
     world_dir, archive = str(root / "world"), str(root / "archive.zarr")
-    simulate_world(world_dir, dataclasses.asdict(cfg.world))
+    simulate_world(world_dir, dataclasses.asdict(cfg.world), progress)
     ingest_args = {k: v for k, v in dataclasses.asdict(cfg.ingest).items() if k != "member"}
-    logger.info(ingest_world(world_dir, archive, ingest_args))
-    trained = train_flow(archive, str(root / "packages"), list(cfg.train.seeds), str(config_path(cfg.train.config)))
+    logger.info(ingest_world(world_dir, archive, ingest_args, progress))
+    seeds, train_config = list(cfg.train.seeds), str(config_path(cfg.train.config))
+    trained = train_flow(archive, str(root / "packages"), seeds, train_config, progress=progress)
     packages = [r["package"] for r in trained]
     e = cfg.ensemble
     settings = {"perturbations": e.perturbations, "lead_hours": e.lead_hours, "output_leads": e.output_leads}
     hindcast = str(root / "hindcast.zarr")
     for init in e.hindcasts:  # the model's own climate, for the EFI
-        run_members(archive, packages, init, hindcast, {**settings, "score": False})
+        run_members(archive, packages, init, hindcast, {**settings, "score": False}, progress)
     mclimate(archive, hindcast, e.init_time, e.mclimate_window_days)
-    result = forecast_flow(archive, packages, str(root / "forecast"), init_time=e.init_time, settings=settings)
+    forecast_dir = str(root / "forecast")
+    result = forecast_flow(archive, packages, forecast_dir, init_time=e.init_time, settings=settings, progress=progress)
     logger.info("demo done: report %s", result["report"])
     return {"archive": archive, "packages": packages, "hindcast": hindcast, **result}

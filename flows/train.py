@@ -38,9 +38,12 @@ def summarise(package: Path, channels=SCORED, leads=("24", "72")) -> dict:
 
 
 @task(retries=1, retry_delay_seconds=5, task_run_name="train seed {seed}")
-def train_checkpoint(archive: str, out_dir: str, seed: int, config: str, device: str | None) -> dict:
+def train_checkpoint(
+    archive: str, out_dir: str, seed: int, config: str, device: str | None, progress: bool = False
+) -> dict:
     package = Path(out_dir) / f"seed{seed:03d}"
-    history = train(archive, package, seed=seed, cfg=load(TrainConfig, config), device=device)["history"]
+    cfg = load(TrainConfig, config)
+    history = train(archive, package, seed=seed, cfg=cfg, device=device, progress_bar=progress)["history"]
     get_run_logger().info("seed %d: final validation loss %.4f", seed, history[-1]["valid_loss"])
     return {"seed": seed, **summarise(package)}
 
@@ -52,8 +55,11 @@ def train_flow(
     seeds: list[int],
     config: str = str(CONFIG_DIR / "train.yaml"),
     device: str | None = None,
+    progress: bool = False,
 ) -> list[dict]:
-    futures = train_checkpoint.map(archive, out_dir, seeds, config, device)
+    """One package per seed under `out_dir` (seedNNN), trained concurrently; `progress` shows
+    a bar per seed (for a terminal; scheduled runs log each epoch)."""
+    futures = train_checkpoint.map(archive, out_dir, seeds, config, device, progress)
     results = [f.result() for f in futures]
     lines = ["| seed | score | model | persistence | climatology | beats both |", "|---|---|---|---|---|---|"]
     for r in results:

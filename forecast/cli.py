@@ -1,4 +1,6 @@
-"""The `forecast` command line: world, ingest, train, run, regenerate, mclimate, diagnose, stats, info, demo."""
+"""The `forecast` command line: demo, world, ingest, train, run, regenerate, mclimate, diagnose,
+backfill, serve, stats, info. User errors (bad input, bad config) print one line and exit 2;
+-v shows the traceback."""
 
 from __future__ import annotations
 
@@ -10,16 +12,40 @@ import sys
 import time
 from pathlib import Path
 
-from forecast.config import CONFIG_DIR, ConfigError, DemoConfig, IngestConfig, load
+from forecast.config import CONFIG_DIR, ConfigError, DemoConfig, DiagnoseConfig, IngestConfig, WorldConfig, load
 
 log = logging.getLogger("forecast")
+
+
+def _time(value: str, option: str) -> str:
+    """An hourly time given on the command line, checked here so that the error names the option."""
+    import numpy as np
+
+    try:
+        return str(np.datetime64(value, "h"))
+    except ValueError:
+        raise ValueError(f"{option} {value!r}: not a time; write e.g. 2001-12-01T00") from None
+
+
+def _check_inputs(archive: str, packages: list[str]) -> None:
+    """The archive opens and every package has a readable config: checked before a flow starts,
+    so that a typo fails in one line instead of inside every task."""
+    from forecast.archive import Archive
+    from forecast.model.package import read_config
+
+    Archive.open(archive)
+    for package in packages:
+        read_config(package)
 
 
 def _cmd_world(args: argparse.Namespace) -> int:
     from forecast.world import WorldRun, generate_world
 
+    cfg = load(WorldConfig, args.config)
+    given = {"years": args.years, "seed": args.seed, "start_year": args.start_year, "months": args.months}
+    cfg = WorldConfig(**{**dataclasses.asdict(cfg), **{k: v for k, v in given.items() if v is not None}})
     start = time.perf_counter()
-    run = WorldRun(years=args.years, seed=args.seed, start_year=args.start_year, months=args.months)
+    run = WorldRun(years=cfg.years, seed=cfg.seed, start_year=cfg.start_year, months=cfg.months)
     paths = generate_world(args.out, run, progress=not args.quiet)
     print(f"wrote {len(paths)} files to {args.out} in {time.perf_counter() - start:.1f} s")
     return 0
@@ -61,7 +87,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from forecast.training.loop import TrainConfig, train
 
     cfg = load(TrainConfig, args.config)
-    history = train(args.archive, args.out, seed=args.seed, cfg=cfg, device=args.device)["history"]
+    history = train(args.archive, args.out, seed=args.seed, cfg=cfg, device=args.device, progress_bar=not args.quiet)[
+        "history"
+    ]
     last = history[-1]
     print(
         f"trained {args.out}: {len(history)} epochs, final train loss {last['train_loss']:.4f}, "
@@ -96,8 +124,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     }
     settings = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
     start = time.perf_counter()
+    init = _time(args.init_time, "--init-time")
     summary = run_ensemble(
-        args.archive, args.packages, args.init_time, args.out, settings, device=args.device, progress=not args.quiet
+        args.archive, args.packages, init, args.out, settings, device=args.device, progress=not args.quiet
     )
     print(
         f"{summary['store']}: {summary['members']} members from {summary['init_time']}, "
@@ -113,7 +142,7 @@ def _cmd_regenerate(args: argparse.Namespace) -> int:
     from forecast.ensemble.store import ForecastStore
 
     store = ForecastStore.open(args.store)
-    init = args.init_time or str(store.init_times[0])
+    init = _time(args.init_time, "--init-time") if args.init_time else str(store.init_times[0])
     i = store.init_index(np.datetime64(init, "h"))
     worst = 0
     for member in args.member:
@@ -136,7 +165,7 @@ def _cmd_regenerate(args: argparse.Namespace) -> int:
 def _cmd_mclimate(args: argparse.Namespace) -> int:
     from forecast.diagnostics.mclimate import build_mclimate, load_mclimate
 
-    for date in args.date:
+    for date in [_time(d, "--date") for d in args.date]:
         path = build_mclimate(
             args.archive, args.hindcasts, date, window_days=args.window_days, min_samples=args.min_samples
         )
@@ -149,16 +178,24 @@ def _cmd_mclimate(args: argparse.Namespace) -> int:
 def _cmd_diagnose(args: argparse.Namespace) -> int:
     from forecast.diagnostics.verify import diagnose
 
+    cfg = load(DiagnoseConfig, args.config)  # a bad config fails before any scoring
     start = time.perf_counter()
     summary = diagnose(args.store, args.archive, args.out, rescore=args.rescore, progress=not args.quiet)
     if not summary:
-        print(f"{args.out}: nothing to score (every complete init time of {args.store} is scored already)")
+        print(f"{args.out}: nothing new to score in {args.store} (scored up to the archive's last analysis)")
     for init, leads in summary.items():
-        print(f"{args.out}: init {init} scored, {leads} lead times verifiable")
+        print(f"{args.out}: init {init} scored, {leads} lead times verified")
     if args.plots:
         from forecast.diagnostics.plots import plot_scores
 
-        paths = plot_scores(args.out, args.plots, forecast_store=args.store, archive=args.archive)
+        paths = plot_scores(
+            args.out,
+            args.plots,
+            forecast_store=args.store,
+            archive=args.archive,
+            channels=cfg.plot_channels,
+            point=tuple(cfg.plume_point),
+        )
         print(f"{len(paths)} plots in {args.plots}")
     print(f"diagnose: {time.perf_counter() - start:.1f} s")
     return 0
@@ -174,14 +211,19 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
         settings = dc.replace(settings, perturbations=args.perturbations)
     if args.lead_hours is not None:
         settings = dc.replace(settings, lead_hours=args.lead_hours)
-    from flows.hindcast import hindcast_flow
+    from flows.hindcast import hindcast_flow, init_times
 
+    start, end = _time(args.start, "--start"), _time(args.end, "--end")
+    init_times(start, end, args.every_hours)  # bad ranges, archives and packages fail before the flow
+    for date in args.mclimate or []:
+        _time(date, "--mclimate")
+    _check_inputs(args.archive, args.packages)
     result = hindcast_flow(
         args.archive,
         args.packages,
         args.out,
-        args.start,
-        args.end,
+        start,
+        end,
         every_hours=args.every_hours,
         settings=json.loads(json.dumps(dc.asdict(settings))),
         max_concurrent=args.max_concurrent,
@@ -230,7 +272,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import demo_flow
 
     start = time.perf_counter()
-    state = demo_flow(str(out), args.config, return_state=True)
+    state = demo_flow(str(out), args.config, progress=not args.quiet, return_state=True)
     result = state.result()
     print(f"demo: {state.name} in {time.perf_counter() - start:.0f} s under {out}")
     print(f"  archive   {result['archive']}")
@@ -243,18 +285,37 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+EPILOG = """\
+the chain, step by step:
+  forecast world --out world/                      # or your ERA5 files
+  forecast ingest world/ --archive archive.zarr
+  forecast train --archive archive.zarr --seed 0 --out packages/seed000
+  forecast run --archive archive.zarr --packages packages/seed* --init-time 2000-12-10T00 --out fc.zarr
+  forecast diagnose --store fc.zarr --archive archive.zarr --out scores.zarr --plots plots/
+or all of it at once: forecast demo --out demo-output
+daily operation: forecast serve --config configs/operations.yaml (see the README)
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="forecast", description="Huge-ensemble weather forecasting pipeline")
+    p = argparse.ArgumentParser(
+        prog="forecast",
+        description="Huge-ensemble weather forecasting: ingest reanalysis, train SFNO checkpoints, run "
+        "ensembles of checkpoints x bred vectors, score them, and operate it all daily with Prefect.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = p.add_subparsers(dest="command", required=True)
 
     w = sub.add_parser("world", help="simulate the built-in world into monthly ERA5-like NetCDF files")
     w.add_argument("--out", required=True, help="output directory")
-    w.add_argument("--years", type=int, default=1)
+    w.add_argument("--config", default=str(CONFIG_DIR / "world.yaml"), help="world config (options override)")
+    w.add_argument("--years", type=int, help="simulated years (config default 1)")
     w.add_argument("--months", type=int, help="simulate this many months instead of whole years")
-    w.add_argument("--seed", type=int, default=0)
-    w.add_argument("--start-year", type=int, default=2000)
+    w.add_argument("--seed", type=int, help="world seed: another seed is other weather, the same climate")
+    w.add_argument("--start-year", type=int, help="first simulated year (config default 2000)")
     w.set_defaults(func=_cmd_world)
 
     i = sub.add_parser("ingest", help="ingest NetCDF/GRIB/Zarr sources (paths or fsspec URLs) into an archive")
@@ -268,10 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=_cmd_ingest)
 
     t = sub.add_parser("train", help="train one SFNO checkpoint from scratch (resumes if interrupted)")
-    t.add_argument("--archive", required=True)
+    t.add_argument("--archive", required=True, help="archive to train on (its last 10%% is held out by default)")
     t.add_argument("--seed", type=int, required=True, help="the seed: each seed is a model perturbation")
-    t.add_argument("--out", required=True, help="model package directory")
-    t.add_argument("--config", default=str(CONFIG_DIR / "train.yaml"))
+    t.add_argument("--out", required=True, help="model package directory (safetensors + JSON)")
+    t.add_argument("--config", default=str(CONFIG_DIR / "train.yaml"), help="training config")
     t.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     t.set_defaults(func=_cmd_train)
 
@@ -301,12 +362,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     r.set_defaults(func=_cmd_run)
 
-    g = sub.add_parser("regenerate", help="recompute members of a stored run and compare with the store")
-    g.add_argument("--store", required=True)
-    g.add_argument("--member", type=int, nargs="+", required=True)
+    g = sub.add_parser(
+        "regenerate",
+        help="recompute members of a stored run and compare with the store",
+        description="Recompute members bit for bit from the run's record in the store (packages, archive, "
+        "settings, seeds). It takes no --config: the settings are the store's, and any other would "
+        "compute other members.",
+    )
+    g.add_argument("--store", required=True, help="forecast store")
+    g.add_argument("--member", type=int, nargs="+", required=True, help="member indices")
     g.add_argument("--init-time", help="default: the store's first")
     g.add_argument("--out", help="directory to save the recomputed members as .npy")
-    g.add_argument("--device")
+    g.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     g.set_defaults(func=_cmd_regenerate)
 
     mc = sub.add_parser("mclimate", help="build the M-climate (EFI/SOT) from hindcast stores into the side store")
@@ -322,22 +389,23 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--archive", required=True, help="archive with the verifying analyses")
     v.add_argument("--out", required=True, help="scores store (created, or extended if it exists)")
     v.add_argument("--plots", help="directory for PNG plots of the scores")
-    v.add_argument("--rescore", action="store_true", help="rescore init times already scored")
+    v.add_argument("--config", default=str(CONFIG_DIR / "diagnose.yaml"), help="what the plots show")
+    v.add_argument("--rescore", action="store_true", help="score everything again (new analyses are scored without it)")
     v.set_defaults(func=_cmd_diagnose)
 
     b = sub.add_parser("backfill", help="hindcasts over a date range (skips complete init times), then the M-climate")
-    b.add_argument("--archive", required=True)
-    b.add_argument("--packages", nargs="+", required=True)
+    b.add_argument("--archive", required=True, help="archive with the analyses")
+    b.add_argument("--packages", nargs="+", required=True, help="model package directories")
     b.add_argument("--start", required=True, help="first init time, e.g. 2001-01-01T00")
     b.add_argument("--end", required=True, help="last init time")
-    b.add_argument("--every-hours", type=int, default=24)
+    b.add_argument("--every-hours", type=int, default=24, help="hours between init times (default 24)")
     b.add_argument("--out", required=True, help="directory of the hindcast store (hindcast.zarr)")
     b.add_argument("--config", default=str(CONFIG_DIR / "ensemble.yaml"), help="run settings")
     b.add_argument("--perturbations", type=int, help="override the config's")
     b.add_argument("--lead-hours", type=int, help="override the config's")
     b.add_argument("--max-concurrent", type=int, default=2, help="init times run at once (default 2)")
     b.add_argument("--mclimate", nargs="+", help="then build the M-climate for these dates")
-    b.add_argument("--window-days", type=int, default=15)
+    b.add_argument("--window-days", type=int, default=15, help="M-climate window, +/- days (default 15)")
     b.set_defaults(func=_cmd_backfill)
 
     sv = sub.add_parser("serve", help="serve the daily forecast (cron) and hindcast deployments until stopped")
@@ -352,8 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser(
         "demo", help="the whole chain on the built-in world: world, ingest, train, ensemble, scores, report"
     )
-    d.add_argument("--out", default="demo-output")
-    d.add_argument("--config", default=str(CONFIG_DIR / "demo.yaml"))
+    d.add_argument("--out", default="demo-output", help="everything the demo makes goes here (default demo-output)")
+    d.add_argument("--config", default=str(CONFIG_DIR / "demo.yaml"), help="demo config: world, training, ensemble")
     d.set_defaults(func=_cmd_demo)
     return p
 

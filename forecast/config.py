@@ -37,6 +37,19 @@ class WorldConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DiagnoseConfig:
+    """`forecast diagnose --config`: what its plots show (the scores themselves have no
+    settings: every estimator is stored, each named in its array's attributes)."""
+
+    plot_channels: list[str] | None = None  # None: z500, t850, t2m, u10m, msl and tcwv where the store has them
+    plume_point: list[float] = dataclasses.field(default_factory=lambda: [50.0, 10.0])  # lat, lon of the plume
+
+    def __post_init__(self):
+        if len(self.plume_point) != 2 or not -90 <= self.plume_point[0] <= 90:
+            raise ConfigError(f"plume_point must be [lat, lon] with lat in -90..90, got {self.plume_point}")
+
+
+@dataclasses.dataclass(frozen=True)
 class IngestConfig:
     grid: str | None = None
     channels: list[str] | None = None

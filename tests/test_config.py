@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from forecast.config import CONFIG_DIR, ConfigError, DemoConfig, IngestConfig, load
+from forecast.config import (
+    CONFIG_DIR,
+    ConfigError,
+    DemoConfig,
+    DiagnoseConfig,
+    IngestConfig,
+    OperationsConfig,
+    WorldConfig,
+    load,
+)
 
 
 def test_shipped_configs_load():
@@ -12,6 +21,10 @@ def test_shipped_configs_load():
     assert demo.world.years >= 1 and demo.ingest.time_step_hours == 6
     era5 = load(IngestConfig, CONFIG_DIR / "ingest-era5-1deg.yaml")
     assert era5.grid == "1.0" and "z500" in era5.channels
+    assert load(WorldConfig, CONFIG_DIR / "world.yaml") == WorldConfig()
+    assert load(DiagnoseConfig, CONFIG_DIR / "diagnose.yaml") == DiagnoseConfig()
+    ops = load(OperationsConfig, CONFIG_DIR / "operations.yaml")
+    assert ops.cron == "0 6 * * *" and ops.timezone == "UTC" and ops.latency_hours == 6
 
 
 @pytest.mark.parametrize(

@@ -145,7 +145,7 @@ def test_diagnose_cli_resumes_and_refuses_another_source(scored, world_archive, 
         assert image.shape[0] > 200 and image.shape[1] > 200 and image[..., :3].std() > 0.05, png.name
     capsys.readouterr()
     assert main(args) == 0
-    assert "nothing to score" in capsys.readouterr().out
+    assert "nothing new to score" in capsys.readouterr().out
     other = ["-q", "diagnose", "--store", scored["hindcast"], "--archive", world_archive, "--out", str(out)]
     assert main(other) == 2  # one clear line, no traceback
     err = capsys.readouterr().err

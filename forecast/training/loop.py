@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 from forecast.archive import Archive
 from forecast.grid import cell_area_weights
@@ -186,11 +187,13 @@ def train(
     cfg: TrainConfig = TrainConfig(),
     device: str | None = None,
     stop_after_epoch: int | None = None,
+    progress_bar: bool = False,
 ) -> dict:
     """Train (or resume) one checkpoint; write the model package to `out`. Returns the history.
 
     `stop_after_epoch` ends the run early after that epoch (its state saved), as an
-    interruption would; a second call resumes."""
+    interruption would; a second call resumes. `progress_bar` shows the optimizer steps of
+    all epochs with the running loss (on the main rank)."""
     out = Path(out)
     work = out / ".train"
     ranks, dev = distributed.setup(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
@@ -217,6 +220,10 @@ def train(
     if progress["epoch"] >= 0:
         log.info("resuming %s after epoch %d (step %d)", out, progress["epoch"], progress["step"])
     autocast = dev.type == "cuda"
+    bar = tqdm(
+        total=total_steps, initial=progress["step"], desc=f"train seed {seed}", unit="step",
+        disable=not (progress_bar and ranks.is_main),
+    )  # fmt: skip
     for epoch in range(progress["epoch"] + 1, cfg.total_epochs):
         start = time.perf_counter()
         model.train()
@@ -237,6 +244,8 @@ def train(
             optimizer.step()
             losses.append(loss.detach().item())
             progress["step"] += 1
+            bar.update()
+            bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}", refresh=False)
         batches.close()  # a capped epoch leaves early: stop its reader thread now
         model.eval()
         with torch.no_grad():
@@ -256,8 +265,10 @@ def train(
             _save_state(work, model, optimizer, progress)
         distributed.barrier(ranks)
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.total_epochs - 1:
+            bar.close()
             distributed.teardown(ranks)
             return progress
+    bar.close()
     training = {
         "archive": str(archive),
         "train_period": [cfg.train_start, cfg.train_end],
