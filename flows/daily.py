@@ -61,7 +61,7 @@ def run_members(
     return run_ensemble(archive, packages, init_time, store, RunSettings.from_dict(settings), progress=progress)
 
 
-@task(task_run_name="report {init_time}")
+@task(retries=1, retry_delay_seconds=5, task_run_name="report {init_time}")
 def report(store: str, scores: str, archive: str, init_time: str, out_dir: str) -> str:
     path, markdown = write_report(store, scores, archive, init_time, out_dir)
     create_markdown_artifact(key="forecast-report", markdown=markdown, description=f"forecast from {init_time}")

@@ -36,7 +36,7 @@ def ingest_world(world_dir: str, archive: str, ingest: dict, progress: bool = Fa
     return run_ingest([world_dir], archive, progress=progress, **ingest).summary()
 
 
-@task(task_run_name="M-climate for {target}")
+@task(retries=1, retry_delay_seconds=5, task_run_name="M-climate for {target}")
 def mclimate(archive: str, hindcasts: str, target: str, window_days: int) -> str:
     from forecast.diagnostics.mclimate import build_mclimate
 

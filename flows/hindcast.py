@@ -45,7 +45,7 @@ def completed_inits(store: str) -> set[str]:
     return done
 
 
-@task(task_run_name="M-climate {target}")
+@task(retries=1, retry_delay_seconds=5, task_run_name="M-climate {target}")
 def build_mclimate_task(archive: str, store: str, target: str, window_days: int) -> str:
     from forecast.diagnostics.mclimate import build_mclimate
 

@@ -1,5 +1,6 @@
 """Reliability of unattended runs: a member block that fails for good loses no other block
-(Dask flow), and a forecast flow killed mid-ensemble resumes on rerun."""
+(Dask flow); a second forecast run for the same init time is refused while one runs; a
+forecast flow killed mid-ensemble resumes on rerun."""
 
 from __future__ import annotations
 
@@ -57,10 +58,13 @@ def test_a_failed_block_loses_no_other_block_under_the_dask_flow(
     np.testing.assert_allclose(done.ensemble_mean.values, ref.ensemble_mean.values, rtol=0, atol=1e-5 * scale)
 
 
-def test_a_killed_forecast_flow_resumes_on_rerun(prefect_server, world_archive, world_packages, tmp_path):
+def test_a_concurrent_forecast_flow_is_refused_and_a_killed_one_resumes(
+    prefect_server, world_archive, world_packages, tmp_path
+):
     from prefect.settings import PREFECT_API_URL
 
     from flows.daily import forecast_flow
+    from forecast.locks import LockBusy
 
     init = "2001-11-05T00"
     settings = {"perturbations": 4, "lead_hours": 96, "block_size": 2}
@@ -88,6 +92,11 @@ def test_a_killed_forecast_flow_resumes_on_rerun(prefect_server, world_archive, 
             break
         time.sleep(0.05)
     assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+    # a second real run for the same init time, while the first one writes: refused at once
+    with pytest.raises(LockBusy, match="already running"):
+        forecast_flow(world_archive, world_packages, str(out), init_time=init, settings=settings)
+    assert "already running" in (out / f"failure-{init}.md").read_text()
+    assert proc.poll() is None
     proc.send_signal(signal.SIGKILL)  # as an OOM kill or a lost node would
     proc.wait()
     kept = int(ForecastStore.open(str(store)).group["complete"][:].sum())
