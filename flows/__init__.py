@@ -1,1 +1,9 @@
-"""Prefect flows: thin orchestration over the `forecast` library."""
+"""Prefect flows over the `forecast` library: ingest, train, ensemble, daily (the forecast
+flow), diagnose, hindcast, serve, demo."""
+
+import os
+
+# No network at run time: a Prefect server started from these flows (the ephemeral one, or the
+# test harness's) would otherwise send anonymous usage data on startup, and log an error
+# where there is no internet. Set the variable to "true" to allow it.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -14,6 +14,7 @@ ANCHORS = Path(__file__).resolve().parents[2] / "shared" / "anchors"
 
 def pytest_configure(config):
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network from the test servers
 
 
 @pytest.fixture(scope="session")

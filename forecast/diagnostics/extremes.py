@@ -35,12 +35,33 @@ def _efi_core(clim: np.ndarray, ens: np.ndarray, eps: float) -> np.ndarray:
     ens = np.asarray(ens, np.float64)
     valid = ~np.isnan(ens)
     m = valid.sum(-1)
-    members = np.sort(np.where(valid, ens, np.inf), axis=-1)
-    # F at each level: members <= quantile (sorted search per point)
+    # F at each level, members <= quantile, for every point at once: members then quantiles
+    # in one row, a stable sort (ties keep members first, so they count as <=), and the count
+    # of members ahead of each quantile. A loop of per-point searches was 15 s a day of scoring.
+    # The quantiles are sorted first (a climate from elsewhere need not be) and put back after.
+    levels = np.argsort(clim, axis=-1, kind="stable")
+    merged = np.concatenate([np.where(valid, ens, np.inf), np.take_along_axis(clim, levels, -1)], axis=-1)
+    order = np.argsort(merged, axis=-1, kind="stable")
+    is_clim = order >= ens.shape[-1]
+    members_ahead = np.cumsum(~is_clim, axis=-1)
     below = np.empty(clim.shape, np.float64)
-    for idx in np.ndindex(clim.shape[:-1]):
-        below[idx] = np.searchsorted(members[idx], clim[idx], side="right")
+    np.put_along_axis(below, levels, members_ahead[is_clim].reshape(clim.shape), -1)
     return efi_from_counts(clim, below, m, eps)
+
+
+def _nan_percentile(x: np.ndarray, q: float) -> np.ndarray:
+    """np.nanpercentile(x, q, axis=-1) (linear between sorted values) without its per-point
+    Python loop: NaNs sort last, each point interpolates among its own valid values."""
+    s = np.sort(x, axis=-1)
+    n = (~np.isnan(x)).sum(-1)
+    position = np.maximum(n - 1, 0) * (q / 100.0)
+    lo = np.floor(position).astype(np.int64)
+    hi = np.minimum(lo + 1, np.maximum(n - 1, 0))
+    a = np.take_along_axis(s, lo[..., None], -1)[..., 0]
+    b = np.take_along_axis(s, hi[..., None], -1)[..., 0]
+    t = position - lo
+    out = np.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t)  # numpy's lerp, both halves
+    return np.where(n == 0, np.nan, out)
 
 
 def efi_from_counts(clim: np.ndarray, below: np.ndarray, m: np.ndarray, eps: float = -0.1) -> np.ndarray:
@@ -106,7 +127,7 @@ def _sot_core(clim: np.ndarray, ens: np.ndarray, percentile: int, eps: float) ->
         ens = np.where(ens < eps, 0.0, ens)
         qc = np.where(qc < eps, 0.0, qc)
     with np.errstate(invalid="ignore"):
-        qf = np.nanpercentile(ens, percentile, axis=-1)  # linear between sorted members
+        qf = _nan_percentile(ens, percentile)  # linear between sorted members
     qt = clim[..., tail]
     with np.errstate(invalid="ignore", divide="ignore"):
         sot = np.where(np.abs(qt - qc) > max(eps, 0.0), (qf - qt) / (qt - qc), np.nan)
