@@ -26,3 +26,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_crps.py
+	$(BIN)/python benchmarks/bench_extremes.py

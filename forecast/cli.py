@@ -38,12 +38,17 @@ def _check_inputs(archive: str, packages: list[str]) -> None:
         read_config(package)
 
 
+def _world_config(args: argparse.Namespace) -> WorldConfig:
+    """The config file with the options given on the command line over it."""
+    cfg = load(WorldConfig, args.config)
+    given = {"years": args.years, "seed": args.seed, "start_year": args.start_year, "months": args.months}
+    return WorldConfig(**{**dataclasses.asdict(cfg), **{k: v for k, v in given.items() if v is not None}})
+
+
 def _cmd_world(args: argparse.Namespace) -> int:
     from forecast.world import WorldRun, generate_world
 
-    cfg = load(WorldConfig, args.config)
-    given = {"years": args.years, "seed": args.seed, "start_year": args.start_year, "months": args.months}
-    cfg = WorldConfig(**{**dataclasses.asdict(cfg), **{k: v for k, v in given.items() if v is not None}})
+    cfg = _world_config(args)
     start = time.perf_counter()
     run = WorldRun(years=cfg.years, seed=cfg.seed, start_year=cfg.start_year, months=cfg.months)
     paths = generate_world(args.out, run, progress=not args.quiet)

@@ -41,10 +41,13 @@ def test_user_errors_are_one_line_and_exit_2(argv, names, tmp_path, capsys):
     assert not (tmp_path / "b" / "hindcast.zarr").exists() and not (tmp_path / "d").exists()
 
 
-def test_world_options_override_its_config(tmp_path, capsys):
+def test_world_options_override_its_config(tmp_path):
+    from forecast.cli import _world_config, build_parser
+    from forecast.config import WorldConfig
+
     cfg = tmp_path / "world.yaml"
     cfg.write_text("months: 1\nstart_year: 2003\nseed: 4\n")
-    assert main(["-q", "world", "--out", str(tmp_path / "w"), "--config", str(cfg), "--start-year", "2005"]) == 0
-    names = sorted(p.name for p in (tmp_path / "w").glob("*.nc"))
-    assert names == ["era5_world_pl_200501.nc", "era5_world_sfc_200501.nc", "era5_world_static.nc"]
-    assert "wrote 3 files" in capsys.readouterr().out
+    args = build_parser().parse_args(["world", "--out", "w", "--config", str(cfg), "--start-year", "2005"])
+    assert _world_config(args) == WorldConfig(years=1, seed=4, start_year=2005, months=1)
+    args = build_parser().parse_args(["world", "--out", "w", "--seed", "7"])  # configs/world.yaml
+    assert _world_config(args) == WorldConfig(seed=7)
