@@ -8,13 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import tree_digest
+from conftest import tree_digest, wait_for_members
 
 from forecast.archive import Archive
 from forecast.ensemble.engine import RunSettings, run_ensemble
@@ -167,16 +166,7 @@ def test_a_killed_run_resumes_only_missing_blocks_to_the_same_store(world_archiv
     proc = subprocess.Popen(
         _cli(*args, "--out", str(killed)), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    deadline = time.monotonic() + 300
-    done = 0
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            done = int(ForecastStore.open(str(killed)).group["complete"][:].sum())
-        except Exception:  # noqa: BLE001 (the store may not exist yet)
-            done = 0
-        if done >= 4:  # two blocks of two members
-            break
-        time.sleep(0.05)
+    wait_for_members(proc, killed, 4)  # two blocks of two members
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -9,12 +9,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import wait_for_members
 
 from forecast.ensemble.engine import RunSettings, run_ensemble
 from forecast.ensemble.store import ForecastStore, open_forecast
@@ -82,15 +82,7 @@ def test_a_concurrent_forecast_flow_is_refused_and_a_killed_one_resumes(
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)  # fmt: skip
     store = out / "forecast.zarr"
-    deadline, done = time.monotonic() + 300, 0
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            done = int(ForecastStore.open(str(store)).group["complete"][:].sum())
-        except Exception:  # noqa: BLE001 (the store may not exist yet)
-            done = 0
-        if done >= 4:  # two of the eight blocks
-            break
-        time.sleep(0.05)
+    wait_for_members(proc, store, 4)  # two of the eight blocks
     assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
     # a second real run for the same init time, while the first one writes: refused at once
     with pytest.raises(LockBusy, match="already running"):
