@@ -92,9 +92,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from forecast.training.loop import TrainConfig, train
 
     cfg = load(TrainConfig, args.config)
-    history = train(args.archive, args.out, seed=args.seed, cfg=cfg, device=args.device, progress_bar=not args.quiet)[
-        "history"
-    ]
+    result = train(args.archive, args.out, seed=args.seed, cfg=cfg, device=args.device, progress_bar=not args.quiet)
+    history = result["history"]
     last = history[-1]
     print(
         f"trained {args.out}: {len(history)} epochs, final train loss {last['train_loss']:.4f}, "
