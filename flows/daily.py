@@ -27,7 +27,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.diagnose import score
 from forecast.ensemble.engine import RunSettings, run_ensemble
 from forecast.locks import exclusive
-from forecast.report import score_table, write_report
+from forecast.report import write_report
 
 
 def resolve_init_time(scheduled: dt.datetime, cycle_hours: int = 24, latency_hours: int = 6) -> str:
@@ -63,13 +63,12 @@ def run_members(
 
 @task(retries=1, retry_delay_seconds=5, task_run_name="report {init_time}")
 def report(store: str, scores: str, archive: str, init_time: str, out_dir: str) -> str:
-    path, markdown = write_report(store, scores, archive, init_time, out_dir)
+    path, markdown, rows = write_report(store, scores, archive, init_time, out_dir)
     create_markdown_artifact(key="forecast-report", markdown=markdown, description=f"forecast from {init_time}")
-    rows = [
-        {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in score_table(scores, init_time)
-    ]
-    if rows:
-        create_table_artifact(key="forecast-scores", table=rows, description=f"scores of the forecast from {init_time}")
+    table = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
+    if table:
+        description = f"scores of the forecast from {init_time}"
+        create_table_artifact(key="forecast-scores", table=table, description=description)
     return str(path)
 
 

@@ -13,12 +13,12 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 from forecast.diagnostics.verify import diagnose
-from forecast.locks import serialised
+from forecast.locks import store_lock
 
 
 @task(retries=2, retry_delay_seconds=5, task_run_name="score {store}")
 def score(store: str, archive: str, scores: str, rescore: bool = False) -> dict:
-    with serialised(f"{scores}.lock"):  # one writer per scores store (daily runs, backfills)
+    with store_lock(scores):  # one writer per scores store (daily runs, backfills)
         return diagnose(store, archive, scores, rescore=rescore, progress=False)
 
 

@@ -45,6 +45,12 @@ def exclusive(path: str | Path, what: str) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+def store_lock(location: str | Path, timeout_s: float = 600.0) -> contextlib.AbstractContextManager[None]:
+    """`serialised` on the lock file beside a store (`STORE.lock`): the one lock every writer
+    of that store's shared parts (init times, state, statistics, scores) takes."""
+    return serialised(f"{str(location).rstrip('/')}.lock", timeout_s)
+
+
 @contextlib.contextmanager
 def serialised(path: str | Path, timeout_s: float = 600.0) -> Iterator[None]:
     """Wait (up to `timeout_s`) for `path`, hold it for the block."""

@@ -50,8 +50,10 @@ def _fmt(v: float) -> str:
     return "n/a" if not np.isfinite(v) else f"{v:.3g}"
 
 
-def report_markdown(store: str, scores: str, init_time: str, plots: Sequence[Path], base: Path) -> str:
-    rows = score_table(scores, init_time)
+def report_markdown(
+    store: str, scores: str, init_time: str, plots: Sequence[Path], base: Path, rows: Sequence[dict]
+) -> str:
+    """The report of `init_time`, its headline table from `rows` (`score_table`)."""
     lines = [
         f"# Ensemble forecast from {init_time}",
         "",
@@ -84,17 +86,21 @@ def report_markdown(store: str, scores: str, init_time: str, plots: Sequence[Pat
     return "\n".join(lines) + "\n"
 
 
-def write_report(store: str, scores: str, archive: str, init_time: str, out_dir: str | Path) -> tuple[Path, str]:
-    """Plots under `out_dir/plots-INIT/` and `out_dir/report-INIT.md`; returns (path, markdown)."""
+def write_report(
+    store: str, scores: str, archive: str, init_time: str, out_dir: str | Path
+) -> tuple[Path, str, list[dict]]:
+    """Plots under `out_dir/plots-INIT/` and `out_dir/report-INIT.md`; returns (path, markdown,
+    the headline score rows)."""
     from forecast.diagnostics.plots import plot_scores
 
     out = Path(out_dir)
     tag = str(np.datetime64(init_time, "h"))
     plots = plot_scores(scores, out / f"plots-{tag}", forecast_store=store, archive=archive, init_time=tag)
-    markdown = report_markdown(store, scores, tag, plots, out)
+    rows = score_table(scores, tag)
+    markdown = report_markdown(store, scores, tag, plots, out, rows)
     path = out / f"report-{tag}.md"
     tmp = path.with_suffix(".md.partial")
     tmp.write_text(markdown)
     tmp.replace(path)  # a reader never sees half a report
     log.info("report %s with %d plots", path, len(plots))
-    return path, markdown
+    return path, markdown, rows

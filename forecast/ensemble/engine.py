@@ -32,7 +32,7 @@ from forecast.ensemble.online import Accumulator, EnsembleMoments, ExceedanceCou
 from forecast.ensemble.perturbation import BREEDING_CYCLES, BredVectors, CorrelatedNoise, GaussianRandomField
 from forecast.ensemble.state import OnlineState
 from forecast.ensemble.store import ForecastStore, StoreError
-from forecast.locks import serialised
+from forecast.locks import store_lock
 
 log = logging.getLogger(__name__)
 PERTURBATIONS = ("bred", "noise", "grf")
@@ -397,7 +397,7 @@ def online_scores(plan: Plan, channels: list[str], store_location: str) -> list[
 def open_or_create_store(plan: Plan, out: str) -> tuple[ForecastStore, int]:
     """Open (checking the run record) or create the store and add the init time: serialised
     across processes, so runs for several init times may share one store (hindcasts)."""
-    with serialised(f"{str(out).rstrip('/')}.lock"):
+    with store_lock(out):
         return _open_or_create_store(plan, out)
 
 

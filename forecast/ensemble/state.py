@@ -18,7 +18,7 @@ from safetensors.torch import save as save_bytes
 
 from forecast.ensemble.members import Block
 from forecast.ensemble.online import Accumulator
-from forecast.locks import serialised
+from forecast.locks import store_lock
 
 STATE_ARRAY = "online_state"
 
@@ -94,7 +94,7 @@ class OnlineState:
         group = self.store.group
         if STATE_ARRAY in group and group[STATE_ARRAY].shape[0] >= group["init_time"].shape[0]:
             return group[STATE_ARRAY]
-        with serialised(f"{self.store.location.rstrip('/')}.lock"):
+        with store_lock(self.store.location):
             group = zarr.open_group(self.store.location, mode="r+")
             n_init = group["init_time"].shape[0]
             if STATE_ARRAY not in group:
@@ -126,7 +126,7 @@ class OnlineState:
     def write_results(self) -> list[str]:
         """Each accumulator's arrays, with a leading init_time dim where they have lead_time.
         Serialised across processes: runs for other init times may share the store."""
-        with serialised(f"{self.store.location.rstrip('/')}.lock"):
+        with store_lock(self.store.location):
             return self._write_results()
 
     def _write_results(self) -> list[str]:
