@@ -1,11 +1,12 @@
 """Prefect flow: a huge ensemble with member blocks as tasks on a Dask cluster (prefect-dask).
 
 The flow plans the run and creates the store before fanning out, so workers only ever open
-it. Each task runs its blocks with a private copy of the online statistics and returns it;
-the flow merges the results in submission order and saves the merged state after each one,
-so a rerun after a crash redoes only the blocks that are neither stored nor merged. The same
-code runs on a `LocalCluster` (tests, one machine) or, given a scheduler address, on
-dask-cuda or dask-jobqueue clusters.
+it. Each task runs its blocks with `run_ensemble(blocks=...)`, which folds them into the
+store's per-lead statistics under each lead's lock: there is nothing to merge, and a task
+that dies loses only what it had not committed. What is left to do is decided in one place
+(`forecast.ensemble.progress`), so a rerun after a crash redoes only the blocks that are
+neither stored nor in the statistics. The same code runs on a `LocalCluster` (tests, one
+machine) or, given a scheduler address, on dask-cuda or dask-jobqueue clusters.
 """
 
 from __future__ import annotations
@@ -16,15 +17,8 @@ import os
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from forecast.ensemble.engine import (
-    RunSettings,
-    accumulators_for,
-    catch_up,
-    open_or_create_store,
-    plan_run,
-    run_ensemble,
-)
-from forecast.ensemble.state import OnlineState
+from forecast.ensemble.engine import RunSettings, online_state, open_or_create_store, plan_run, run_ensemble
+from forecast.ensemble.progress import catch_up, pending
 
 
 @task(retries=2, retry_delay_seconds=5, task_run_name="ensemble blocks {blocks}")
@@ -37,17 +31,18 @@ def run_blocks(
     blocks: list[int],
     device: str | None = None,
     threads: int | None = None,
-) -> bytes:
-    """One worker's share: these blocks' members written, their statistics returned."""
+) -> int:
+    """One worker's share: these blocks' members written and folded into the statistics.
+    Returns the number of blocks it ran (a retry runs only what the failed try left)."""
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     summary = run_ensemble(
         archive, packages, init_time, out, RunSettings.from_dict(settings), device=device, progress=False,
-        blocks=blocks, private_state=True,
+        blocks=blocks,
     )  # fmt: skip
-    return summary["online_state"]
+    return summary["blocks_run"]
 
 
 @flow(name="huge-ensemble")
@@ -64,8 +59,8 @@ def ensemble_flow(
 ) -> dict:
     """The ensemble from `init_time` into the store `out`, member blocks as tasks. A task that
     fails after `block_retries` retries loses only its own blocks: every other task's blocks
-    are written, merged and saved before the flow fails naming the failed ones, and a rerun
-    runs only those."""
+    are written and in the statistics before the flow fails naming the failed ones, and a
+    rerun runs only those."""
     logger = get_run_logger()
     run = RunSettings.from_dict(settings)
     plan = plan_run(archive, packages, init_time, run)
@@ -73,25 +68,8 @@ def ensemble_flow(
     all_blocks = plan.layout.blocks(plan.block_size)
     # The block size is fixed here, once, so every worker cuts the same blocks.
     fixed = {**dataclasses.asdict(run), "block_size": plan.block_size}
-    if store.store_members:
-        # Blocks already in the statistics but not marked complete (a single-process run
-        # killed between the two): their members are rewritten here, their statistics kept.
-        saved, complete = OnlineState(store, init_index, len(all_blocks), []), store.complete(init_index)
-        repair = [b.index for b in all_blocks if saved.has(b) and not complete[b.start : b.stop].all()]
-        if repair:
-            run_ensemble(
-                archive,
-                packages,
-                init_time,
-                out,
-                RunSettings.from_dict(fixed),
-                device=device,
-                progress=False,
-                blocks=repair,
-            )
-    state = OnlineState(store, init_index, len(all_blocks), accumulators_for(plan, out))
-    catch_up(plan, store, init_index, state)
-    todo = [b.index for b in all_blocks if not state.has(b)]
+    state = online_state(plan, store, init_index, out)
+    todo = [w.block.index for w in catch_up(store, init_index, state, pending(store, init_index, state, all_blocks))]
     logger.info("%d members in %d blocks; %d blocks to run", plan.layout.size, len(all_blocks), len(todo))
     shares = [todo[i : i + blocks_per_task] for i in range(0, len(todo), blocks_per_task)]
     submit = run_blocks.with_options(retries=block_retries).submit
@@ -102,26 +80,20 @@ def ensemble_flow(
         if not future.state.is_completed():  # keep going: the other shares' blocks are not lost
             failed[",".join(map(str, share))] = str(future.state.message)
             logger.error("blocks %s failed after %d retries: %s", share, block_retries, future.state.message)
-            continue
-        part = OnlineState(store, init_index, len(all_blocks), accumulators_for(plan, out), persistent=False)
-        part.from_bytes(future.result())
-        state.merge(part)
-        state.save()
     if failed:
         raise RuntimeError(
             f"{out}: the ensemble from {plan.init_time} lost blocks {sorted(failed)} "
             f"({next(iter(failed.values()))}); {len(shares) - len(failed)} of {len(shares)} tasks are saved: "
             "rerun the same flow to run only the failed blocks"
         )
-    if state.complete():
-        state.write_results()
+    finished = state.finish()
     summary = {
         "store": out,
         "init_time": str(plan.init_time),
         "members": plan.layout.size,
         "blocks": len(all_blocks),
         "blocks_run": len(todo),
-        "statistics_complete": state.complete(),
+        "statistics_complete": finished,
     }
     create_markdown_artifact(
         key="ensemble-run",

@@ -20,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.daily import run_members
 from forecast.ensemble.engine import RunSettings
+from forecast.ensemble.progress import init_complete
 from forecast.ensemble.store import ForecastStore, StoreError
 
 
@@ -36,13 +37,7 @@ def completed_inits(store: str) -> set[str]:
         fs = ForecastStore.open(store)
     except StoreError:
         return set()
-    stats = set(fs.group.attrs.get("statistics_complete", []))
-    done = set()
-    for i, t in enumerate(fs.init_times):
-        key = str(np.datetime64(t, "h"))
-        if key in stats and (not fs.store_members or fs.complete(i).all()):
-            done.add(key)
-    return done
+    return {str(np.datetime64(t, "h")) for i, t in enumerate(fs.init_times) if init_complete(fs, i)}
 
 
 @task(retries=1, retry_delay_seconds=5, task_run_name="M-climate {target}")

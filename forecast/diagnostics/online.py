@@ -1,24 +1,28 @@
 """Scores kept while the ensemble runs (the engine's `Accumulator` protocol, forecast.ensemble.online).
 
-Each accumulator holds the verification for its leads, (lead, channel, lat, lon), and sees
-the members block by block. What it keeps does not grow with the member count:
+Each accumulator is a recipe for the state of one lead, fed block by block; the verification
+of a lead (the archive's analysis at its valid time) is read when that lead is updated or
+scored (`LeadVerification`), never for all leads at once. What a state holds does not grow
+with the member count:
 
 - `RankCounts`: per point, how many members fell below the verification and how many tied
   with it; the rank histogram (ties split evenly, as `rank_histogram`) and the outlier
-  fraction follow exactly at the end.
-- `MeanSkill`: member sums and sums of squares per point (float64, Chan's pairwise merge, as
+  fraction follow exactly.
+- `MeanSkill`: member count, mean and M2 per point (float64, Chan's pairwise update, as
   `EnsembleMoments`); the ensemble-mean RMSE and the spread-skill ratio follow with area
-  weights at the end, equal to the offline functions on the same members.
-
+  weights, equal to the offline functions on the same members.
 - `SpectraSums`: the member sum of every field and of every member's power spectrum; the
   member-mean, ensemble-mean and perturbation spectra follow (the last by DESIGN §3.3's identity).
-- `EFICounts`: per point and M-climate level, how many members are ≤ the quantile; the EFI
-  follows with the same exact integral as `efi`.
+- `EFIWeights`: the EFI is linear in F(p_k), the fraction of members ≤ each M-climate
+  quantile (F linear between levels), so EFI = (2/π)(Σ_j J1_j + Σ_k c_k·below_k / m) with
+  constant c_k: one float64 sum per point replaces 101 counts per point. The climate is read
+  one latitude tile of one lead at a time.
 - `TiledCRPS`: exact CRPS. Its spread term Σ_i Σ_j |x_i − x_j| pairs members of different
   blocks, and no summary smaller than the members themselves gives it exactly, so each
   block's members are spilled, cut in spatial tiles (bands of latitude rows), to a scratch
-  Zarr array; at the end each tile's members are read together (memory: members × one tile)
-  and scored with the sorted form, and the scratch is deleted.
+  Zarr array per lead; when a lead has every block, each tile's members are read together
+  (memory: members × one tile) and scored with the sorted form, and that lead's scratch is
+  deleted.
 """
 
 from __future__ import annotations
@@ -28,50 +32,81 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import xarray as xr
 import zarr
 
-from forecast.diagnostics.extremes import efi_from_counts
 from forecast.diagnostics.scores import _crps_sorted
 from forecast.diagnostics.spectra import _power, default_lmax
-from forecast.ensemble.online import EnsembleMoments
+from forecast.ensemble.online import Result, combine_moments
+
+
+class LeadVerification:
+    """The archive's analysis (channel, lat, lon) at one lead's valid time, cut to the
+    forecast's channels and box, NaN where the archive does not reach; the last lead read is
+    kept, so every accumulator of one (block, lead) shares one read."""
+
+    def __init__(self, archive: str, valid_times: np.ndarray, channels: list[str], lat: np.ndarray, lon: np.ndarray):
+        self.archive, self.valid_times = str(archive), np.asarray(valid_times)
+        self.channels, self.lat, self.lon = list(channels), np.asarray(lat), np.asarray(lon)
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return len(self.channels), len(self.lat), len(self.lon)
+
+    def __call__(self, lead_index: int) -> np.ndarray:
+        if self._cached is None or self._cached[0] != lead_index:
+            from forecast.diagnostics.verify import verification
+
+            truth = verification(self.archive, self.valid_times[[lead_index]], self.channels, self.lat, self.lon)
+            self._cached = (lead_index, truth[0])
+        return self._cached[1]
+
+
+class ArrayVerification:
+    """A verification already in memory, (lead, channel, lat, lon): small grids, notebooks, tests."""
+
+    def __init__(self, values: np.ndarray):
+        self.values = np.asarray(values)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.values.shape[1:])
+
+    def __call__(self, lead_index: int) -> np.ndarray:
+        return self.values[lead_index]
+
+
+def _scalar(value: float, dtype=torch.float64) -> torch.Tensor:
+    return torch.tensor(value, dtype=dtype)
 
 
 class RankCounts:
     name = "rank_counts"
 
-    def __init__(self, verification: np.ndarray):
-        self.verification = torch.as_tensor(np.asarray(verification, np.float32))
-        shape = self.verification.shape
-        self.below = torch.zeros(shape, dtype=torch.int64)
-        self.ties = torch.zeros(shape, dtype=torch.int64)
-        self.members = torch.zeros(shape[0], dtype=torch.int64)
+    def __init__(self, truth: LeadVerification):
+        self.truth = truth
 
-    def update(self, lead_index: int, members: torch.Tensor) -> None:
+    def empty(self) -> dict[str, torch.Tensor]:
+        shape = self.truth.shape
+        return {
+            "below": torch.zeros(shape, dtype=torch.int32),
+            "ties": torch.zeros(shape, dtype=torch.int32),
+            "members": _scalar(0, torch.int64),
+        }
+
+    def update(self, state, lead_index: int, members: torch.Tensor, first: int = 0) -> None:
         x = members.detach().cpu().float()
-        y = self.verification[lead_index][None]
-        self.below[lead_index] += (x < y).sum(0)
-        self.ties[lead_index] += (x == y).sum(0)
-        self.members[lead_index] += x.shape[0]
+        y = torch.from_numpy(self.truth(lead_index))[None]
+        state["below"] += (x < y).sum(0, dtype=torch.int32)
+        state["ties"] += (x == y).sum(0, dtype=torch.int32)
+        state["members"] += x.shape[0]
 
-    def merge(self, other: RankCounts) -> None:
-        self.below += other.below
-        self.ties += other.ties
-        self.members += other.members
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return {"below": self.below, "ties": self.ties, "members": self.members}
-
-    def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        for key, value in state.items():
-            setattr(self, key, value.clone())
-
-    def histogram(self) -> np.ndarray:
-        """(lead, channel, rank) counts over the grid, ties split evenly; m + 1 ranks."""
-        m = int(self.members.max())
-        if not (self.members == m).all():
-            raise ValueError(f"leads saw different member counts {self.members.tolist()}: the run is not complete")
-        below, ties = self.below.numpy(), self.ties.numpy()
-        ok = ~np.isnan(self.verification.numpy())
+    def histogram(self, state, lead_index: int) -> np.ndarray:
+        """(channel, rank) counts over the grid, ties split evenly; m + 1 ranks."""
+        m = int(state["members"])
+        below, ties = state["below"].numpy().astype(np.int64), state["ties"].numpy().astype(np.int64)
+        ok = ~np.isnan(self.truth(lead_index))
         share = np.where(ok, 1.0 / (ties + 1.0), 0.0)
         # a difference array over ranks: +share at `below`, -share after `below + ties`
         diff = np.zeros((*below.shape, m + 2))
@@ -81,54 +116,14 @@ class RankCounts:
         per_point = np.cumsum(diff, axis=-1)[..., : m + 1]
         return per_point.sum(axis=(-3, -2))
 
-    def result(self) -> dict:
-        hist = self.histogram()
+    def result(self, state, lead_index: int) -> Result:
+        hist = self.histogram(state, lead_index)
         m = hist.shape[-1] - 1
-        outliers = (hist[..., 0] + hist[..., -1]) / hist.sum(-1)
+        with np.errstate(invalid="ignore"):  # a lead with no verification at all: NaN
+            outliers = (hist[..., 0] + hist[..., -1]) / hist.sum(-1)
         return {
-            "rank_histogram": (("lead_time", "channel", "rank"), hist, {"ties": "split evenly", "bins": m + 1}),
-            "outlier_fraction": (("lead_time", "channel"), outliers, {"expected": 2.0 / (m + 1)}),
-        }
-
-
-class MeanSkill:
-    name = "mean_skill"
-
-    def __init__(self, verification: np.ndarray, area_weights: np.ndarray):
-        self.verification = np.asarray(verification, np.float64)
-        self.weights = np.asarray(area_weights, np.float64)  # per latitude row
-        leads, *shape = self.verification.shape
-        self.moments = EnsembleMoments(leads, shape)
-
-    def update(self, lead_index: int, members: torch.Tensor) -> None:
-        self.moments.update(lead_index, members)
-
-    def merge(self, other: MeanSkill) -> None:
-        self.moments.merge(other.moments)
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return self.moments.state()
-
-    def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.moments.load_state(state)
-
-    def result(self) -> dict:
-        mean = self.moments.mean.numpy()
-        n = self.moments.count.numpy()[:, None, None, None]
-        variance = self.moments.m2.numpy() / (n - 1)
-        err2 = (mean - self.verification) ** 2
-        rmse = np.sqrt(_area_mean(err2, self.weights))
-        m = n[:, 0, 0, 0][:, None]
-        spread = np.sqrt(_area_mean(np.where(np.isnan(err2), np.nan, variance), self.weights))
-        with np.errstate(divide="ignore", invalid="ignore"):  # a perfect mean (lead 0 of centred pairs): inf
-            ratio = np.sqrt((m + 1) / m) * spread / rmse
-        return {
-            "ensemble_mean_rmse": (("lead_time", "channel"), rmse, {"estimator": "sqrt of the area-weighted mean"}),
-            "spread_skill_ratio": (
-                ("lead_time", "channel"),
-                ratio,
-                {"estimator": "sqrt((m+1)/m) sqrt(<s2>)/sqrt(<err2>)"},
-            ),
+            "rank_histogram": (("channel", "rank"), hist, {"ties": "split evenly", "bins": m + 1}),
+            "outlier_fraction": (("channel",), outliers, {"expected": 2.0 / (m + 1)}),
         }
 
 
@@ -136,48 +131,74 @@ def _area_mean(field: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """(..., lat, lon) -> (...), cell-area weighted, NaN skipped."""
     w = np.broadcast_to(weights[:, None], field.shape[-2:])
     ok = ~np.isnan(field)
-    return (np.where(ok, field, 0.0) * w).sum((-2, -1)) / (ok * w).sum((-2, -1))
+    with np.errstate(invalid="ignore"):  # no valid point: NaN
+        return (np.where(ok, field, 0.0) * w).sum((-2, -1)) / (ok * w).sum((-2, -1))
+
+
+class MeanSkill:
+    name = "mean_skill"
+
+    def __init__(self, truth: LeadVerification, area_weights: np.ndarray):
+        self.truth = truth
+        self.weights = np.asarray(area_weights, np.float64)  # per latitude row
+
+    def empty(self) -> dict[str, torch.Tensor]:
+        shape = self.truth.shape
+        return {
+            "count": _scalar(0.0),
+            "mean": torch.zeros(shape, dtype=torch.float64),
+            "m2": torch.zeros(shape, dtype=torch.float64),
+        }
+
+    def update(self, state, lead_index: int, members: torch.Tensor, first: int = 0) -> None:
+        combine_moments(state, members)
+
+    def result(self, state, lead_index: int) -> Result:
+        y = self.truth(lead_index).astype(np.float64)
+        m = float(state["count"])
+        mean, variance = state["mean"].numpy(), state["m2"].numpy() / (m - 1)
+        err2 = (mean - y) ** 2
+        rmse = np.sqrt(_area_mean(err2, self.weights))
+        spread = np.sqrt(_area_mean(np.where(np.isnan(err2), np.nan, variance), self.weights))
+        with np.errstate(divide="ignore", invalid="ignore"):  # a perfect mean (lead 0 of centred pairs): inf
+            ratio = np.sqrt((m + 1) / m) * spread / rmse
+        return {
+            "ensemble_mean_rmse": (("channel",), rmse, {"estimator": "sqrt of the area-weighted mean"}),
+            "spread_skill_ratio": (("channel",), ratio, {"estimator": "sqrt((m+1)/m) sqrt(<s2>)/sqrt(<err2>)"}),
+        }
 
 
 class SpectraSums:
-    """Member sums of fields and of spectra, per lead: the HENS spectra without the members."""
+    """Member sums of fields and of spectra: the HENS spectra without the members."""
 
     name = "spectra"
 
-    def __init__(self, verification: np.ndarray, grid: str = "equiangular", lmax: int | None = None):
-        self.verification = np.asarray(verification, np.float64)
-        leads, channels, nlat, nlon = self.verification.shape
-        self.grid, self.lmax = grid, lmax or default_lmax(nlat, grid)
-        self.field_sum = torch.zeros((leads, channels, nlat, nlon), dtype=torch.float64)
-        self.power_sum = torch.zeros((leads, channels, self.lmax), dtype=torch.float64)
-        self.count = torch.zeros(leads, dtype=torch.float64)
+    def __init__(self, truth: LeadVerification, grid: str = "equiangular", lmax: int | None = None):
+        self.truth = truth
+        self.grid, self.lmax = grid, lmax or default_lmax(truth.shape[1], grid)
 
-    def update(self, lead_index: int, members: torch.Tensor) -> None:
+    def empty(self) -> dict[str, torch.Tensor]:
+        channels = self.truth.shape[0]
+        return {
+            "field_sum": torch.zeros(self.truth.shape, dtype=torch.float64),
+            "power_sum": torch.zeros((channels, self.lmax), dtype=torch.float64),
+            "count": _scalar(0.0),
+        }
+
+    def update(self, state, lead_index: int, members: torch.Tensor, first: int = 0) -> None:
         x = members.detach().to("cpu", torch.float64)
-        self.field_sum[lead_index] += x.sum(0)
-        self.power_sum[lead_index] += torch.from_numpy(_power(x.numpy(), self.lmax, self.grid).sum(0))
-        self.count[lead_index] += x.shape[0]
+        state["field_sum"] += x.sum(0)
+        state["power_sum"] += torch.from_numpy(_power(x.numpy(), self.lmax, self.grid).sum(0))
+        state["count"] += x.shape[0]
 
-    def merge(self, other: SpectraSums) -> None:
-        self.field_sum += other.field_sum
-        self.power_sum += other.power_sum
-        self.count += other.count
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return {"field_sum": self.field_sum, "power_sum": self.power_sum, "count": self.count}
-
-    def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        for key, value in state.items():
-            setattr(self, key, value.clone())
-
-    def result(self) -> dict:
-        n = self.count.numpy()[:, None, None]
-        member_mean = self.power_sum.numpy() / n
-        mean_field = self.field_sum.numpy() / n[..., None]
-        ensemble_mean = _power(mean_field, self.lmax, self.grid)
-        dims = ("lead_time", "channel", "l")
-        verification = _power(np.nan_to_num(self.verification), self.lmax, self.grid)
-        verification[np.isnan(self.verification).any((-2, -1))] = np.nan
+    def result(self, state, lead_index: int) -> Result:
+        n = float(state["count"])
+        member_mean = state["power_sum"].numpy() / n
+        ensemble_mean = _power(state["field_sum"].numpy() / n, self.lmax, self.grid)
+        y = self.truth(lead_index).astype(np.float64)
+        verification = _power(np.nan_to_num(y), self.lmax, self.grid)
+        verification[np.isnan(y).any((-2, -1))] = np.nan
+        dims = ("channel", "l")
         return {
             "member_mean_spectrum": (dims, member_mean, {"estimator": "mean over members of P(x_k)"}),
             "ensemble_mean_spectrum": (dims, ensemble_mean, {"estimator": "P(mean over members)"}),
@@ -190,49 +211,64 @@ class SpectraSums:
         }
 
 
-class EFICounts:
-    """Members ≤ each M-climate quantile, per lead with a climate, channel and point."""
+def efi_coefficients(levels: int) -> tuple[np.ndarray, float]:
+    """(c_k, Σ_j J1_j) with EFI = (2/π)(Σ_j J1_j + Σ_k c_k F(p_k)) for F linear between the
+    `levels` equally spaced quantile levels 0..1: the same integral as `efi_from_counts`
+    (eps ≤ 0), rearranged by the F(p_k) it is linear in."""
+    p = np.linspace(0.0, 1.0, levels)
+    dp = np.diff(p)
+    d_acos = np.diff(np.arccos(np.sqrt(p)))
+    d_root = np.diff(np.sqrt(p * (1.0 - p)))
+    j0 = -2.0 * d_acos  # ∫ dp / sqrt(p(1-p)) over each interval
+    j1 = -d_root - d_acos  # ∫ p dp / sqrt(p(1-p))
+    g = (p[:-1] * j0 - j1) / dp  # the slope's coefficient on each interval
+    c = np.zeros(levels)
+    c[1:] += g
+    c[:-1] -= g + j0
+    return c, float(j1.sum())
 
-    name = "efi_counts"
 
-    def __init__(self, climate: np.ndarray, lead_map: dict[int, int], eps: float = -0.1):
-        """climate (climate lead, channel, quantile, lat, lon); lead_map: output lead index ->
-        climate lead index (leads without an M-climate are skipped)."""
-        self.climate = torch.as_tensor(np.asarray(climate, np.float32))
-        self.lead_map, self.eps = dict(lead_map), eps
-        self.below = torch.zeros(self.climate.shape, dtype=torch.int32)
-        self.count = torch.zeros(self.climate.shape[0], dtype=torch.int64)
+class EFIWeights:
+    """The EFI (eps ≤ 0, as `efi`'s default) without per-quantile counts: per point the float64
+    sum Σ_k c_k · (members ≤ the M-climate's k-th quantile), the climate read per tile."""
 
-    def update(self, lead_index: int, members: torch.Tensor) -> None:
+    name = "efi"
+
+    def __init__(self, climate: xr.DataArray, lead_map: dict[int, int], tile_rows: int = 32):
+        """climate (climate lead, channel, quantile, lat, lon), lazy or not, cut to the
+        output's channels and box; lead_map: output lead index -> climate lead index (leads
+        without an M-climate give NaN)."""
+        self.climate, self.lead_map, self.tile_rows = climate, dict(lead_map), tile_rows
+        _, channels, levels, nlat, nlon = climate.shape
+        self.shape = (channels, nlat, nlon)
+        self.c, self.j1 = efi_coefficients(levels)
+
+    def empty(self) -> dict[str, torch.Tensor]:
+        return {"weighted": torch.zeros(self.shape, dtype=torch.float64), "count": _scalar(0.0)}
+
+    def update(self, state, lead_index: int, members: torch.Tensor, first: int = 0) -> None:
         if lead_index not in self.lead_map:
             return
         k = self.lead_map[lead_index]
-        x = members.detach().cpu().float()  # (m, channel, lat, lon)
-        q = self.climate[k]  # (channel, quantile, lat, lon)
-        self.below[k] += (x[:, :, None] <= q[None]).sum(0, dtype=torch.int32)
-        self.count[k] += x.shape[0]
+        x = members.detach().cpu().float().numpy()  # (m, channel, lat, lon)
+        c = self.c[:, None, None]
+        out = state["weighted"].numpy()
+        for lo in range(0, self.shape[1], self.tile_rows):
+            hi = min(lo + self.tile_rows, self.shape[1])
+            q = np.asarray(self.climate[k, :, :, lo:hi], np.float32)  # (channel, quantile, rows, lon)
+            below = (x[:, :, None, lo:hi] <= q[None]).sum(0)  # (channel, quantile, rows, lon)
+            w = (below * c).sum(1)
+            w[np.isnan(q).any(1)] = np.nan  # no climate at the point: NaN, as `efi`
+            out[:, lo:hi] += w
+        state["count"] += x.shape[0]
 
-    def merge(self, other: EFICounts) -> None:
-        self.below += other.below
-        self.count += other.count
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return {"below": self.below, "count": self.count}
-
-    def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        for key, value in state.items():
-            setattr(self, key, value.clone())
-
-    def result(self) -> dict:
-        n_out = max(self.lead_map) + 1 if self.lead_map else 0
-        clim = np.moveaxis(self.climate.numpy(), 2, -1)  # (lead, channel, lat, lon, quantile)
-        below = np.moveaxis(self.below.numpy(), 2, -1)
-        m = np.broadcast_to(self.count.numpy()[:, None, None, None], below.shape[:-1])
-        values = efi_from_counts(clim, below, m, self.eps)
-        out = np.full((n_out, *values.shape[1:]), np.nan)
-        for lead_index, k in self.lead_map.items():
-            out[lead_index] = values[k]
-        return {"efi": (("lead_time", "channel", "lat", "lon"), out, {"estimator": "exact integral", "eps": self.eps})}
+    def result(self, state, lead_index: int) -> Result:
+        m = float(state["count"])
+        if lead_index not in self.lead_map or m == 0:
+            values = np.full(self.shape, np.nan)
+        else:
+            values = (2.0 / np.pi) * (self.j1 + state["weighted"].numpy() / m)
+        return {"efi": (("channel", "lat", "lon"), values, {"estimator": "exact integral", "eps": -0.1})}
 
 
 class TiledCRPS:
@@ -242,7 +278,7 @@ class TiledCRPS:
 
     def __init__(
         self,
-        verification: np.ndarray,
+        truth: LeadVerification,
         area_weights: np.ndarray,
         members: int,
         scratch: str,
@@ -252,74 +288,66 @@ class TiledCRPS:
     ):
         """`member_chunk` divides every block's start and size (the gcd of the block size and
         the members per checkpoint)."""
-        self.verification = np.asarray(verification, np.float64)
+        self.truth = truth
         self.weights = np.asarray(area_weights, np.float64)
-        self.members, self.scratch, self.estimator = members, str(scratch), estimator
+        self.members, self.scratch, self.estimator = members, str(scratch).rstrip("/"), estimator
         self.member_chunk, self.tile_rows = member_chunk, tile_rows
-        self.first = 0  # the block's first member, set by `begin_block`
-        self.count = torch.zeros(self.verification.shape[0], dtype=torch.float64)
-        self._array = None
 
-    def array(self) -> zarr.Array:
-        if self._array is None:
-            leads, channels, nlat, nlon = self.verification.shape
-            try:
-                self._array = zarr.open_array(self.scratch, mode="r+")
-                return self._array
-            except (FileNotFoundError, zarr.errors.ArrayNotFoundError):
-                pass
-            self._array = zarr.create_array(
-                self.scratch,
-                shape=(leads, self.members, channels, nlat, nlon),
-                # one chunk per (lead, member group, tile): every block starts and ends on a
-                # group boundary, so each block writes only its own objects
-                chunks=(1, self.member_chunk, channels, self.tile_rows, nlon),
-                dtype="float32",
-                fill_value=np.nan,
-                compressors=None,
-            )
-        return self._array
+    def _lead_path(self, lead_index: int) -> str:
+        return f"{self.scratch}/lead{lead_index:04d}"
 
-    def begin_block(self, first_member: int) -> None:
-        if first_member % self.member_chunk:
-            raise ValueError(f"a block starts at member {first_member}, not on a {self.member_chunk}-member boundary")
-        self.first = first_member
+    def _array(self, lead_index: int) -> zarr.Array:
+        """The lead's scratch members; called under the lead's lock, so one process creates it."""
+        path = self._lead_path(lead_index)
+        try:
+            return zarr.open_array(path, mode="r+")
+        except (FileNotFoundError, zarr.errors.ArrayNotFoundError, zarr.errors.NodeTypeValidationError):
+            pass
+        channels, nlat, nlon = self.truth.shape
+        return zarr.create_array(
+            path,
+            shape=(self.members, channels, nlat, nlon),
+            # one chunk per (member group, tile): every block starts and ends on a group
+            # boundary, so each block writes only its own objects
+            chunks=(self.member_chunk, channels, self.tile_rows, nlon),
+            dtype="float32",
+            fill_value=np.nan,
+            compressors=None,
+            overwrite=True,
+        )
 
-    def update(self, lead_index: int, members: torch.Tensor) -> None:
+    def empty(self) -> dict[str, torch.Tensor]:
+        return {"count": _scalar(0.0)}
+
+    def update(self, state, lead_index: int, members: torch.Tensor, first: int = 0) -> None:
+        if first % self.member_chunk:
+            raise ValueError(f"a block starts at member {first}, not on a {self.member_chunk}-member boundary")
         x = members.detach().cpu().float().numpy()
-        self.array()[lead_index, self.first : self.first + x.shape[0]] = x
-        self.count[lead_index] += x.shape[0]
+        self._array(lead_index)[first : first + x.shape[0]] = x
+        state["count"] += x.shape[0]
 
-    def merge(self, other: TiledCRPS) -> None:
-        self.count += other.count
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return {"count": self.count}
-
-    def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        for key, value in state.items():
-            setattr(self, key, value.clone())
-
-    def result(self) -> dict:
-        leads, channels, nlat, nlon = self.verification.shape
-        if not (self.count == self.members).all():  # the scratch holds exactly the members counted in
-            raise ValueError(f"CRPS: members spilled per lead {self.count.tolist()}, expected {self.members} each")
-        arr = self.array()
-        crps_map = np.full(self.verification.shape, np.nan)
-        for k in range(leads):
-            for lo in range(0, nlat, self.tile_rows):
-                hi = min(lo + self.tile_rows, nlat)
-                tile = np.asarray(arr[k, :, :, lo:hi])  # all members of the tile together
-                crps_map[k, :, lo:hi] = _crps_sorted(
-                    np.moveaxis(tile, 0, -1), self.verification[k, :, lo:hi], self.estimator, 0.95
-                )
+    def result(self, state, lead_index: int) -> Result:
+        if int(state["count"]) != self.members:  # the scratch holds exactly the members counted in
+            spilled = int(state["count"])
+            raise ValueError(f"CRPS: {spilled} members spilled at lead {lead_index}, expected {self.members}")
+        arr = self._array(lead_index)
+        y = self.truth(lead_index).astype(np.float64)
+        crps_map = np.full(y.shape, np.nan)
+        for lo in range(0, y.shape[1], self.tile_rows):
+            hi = min(lo + self.tile_rows, y.shape[1])
+            tile = np.asarray(arr[:, :, lo:hi])  # all members of the tile together
+            crps_map[:, lo:hi] = _crps_sorted(np.moveaxis(tile, 0, -1), y[:, lo:hi], self.estimator, 0.95)
         return {
-            "crps_map": (("lead_time", "channel", "lat", "lon"), crps_map, {"crps_estimator": self.estimator}),
-            "crps": (("lead_time", "channel"), _area_mean(crps_map, self.weights), {"crps_estimator": self.estimator}),
+            "crps_map": (("channel", "lat", "lon"), crps_map, {"crps_estimator": self.estimator}),
+            "crps": (("channel",), _area_mean(crps_map, self.weights), {"crps_estimator": self.estimator}),
         }
 
+    def release(self, lead_index: int) -> None:
+        """The lead's results are on disk: its scratch members are no longer needed."""
+        shutil.rmtree(self._lead_path(lead_index), ignore_errors=True)
+
     def close(self) -> None:
-        """Delete the scratch members (after the results are written)."""
+        """Every lead is scored: remove the (now empty) scratch group."""
         shutil.rmtree(self.scratch, ignore_errors=True)
         if Path(self.scratch).exists():
             raise OSError(f"{self.scratch}: could not remove the CRPS scratch members")

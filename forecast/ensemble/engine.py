@@ -30,6 +30,7 @@ from forecast.archive import Archive, to_hours
 from forecast.ensemble.members import Block, Layout, compose
 from forecast.ensemble.online import Accumulator, EnsembleMoments, ExceedanceCounts
 from forecast.ensemble.perturbation import BREEDING_CYCLES, BredVectors, CorrelatedNoise, GaussianRandomField
+from forecast.ensemble.progress import catch_up, pending
 from forecast.ensemble.state import OnlineState
 from forecast.ensemble.store import ForecastStore, StoreError
 from forecast.locks import store_lock
@@ -286,10 +287,12 @@ def run_block(plan: Plan, block: Block, emit, device: torch.device) -> None:
 
 
 class Writer:
-    """The background writer: a bounded queue of (block, lead, members) from the compute loop."""
+    """The background writer: a bounded queue of (work, lead, members) from the compute loop.
+    For each lead it writes the block's members where they are not complete and folds them
+    into that lead's stored statistics where those lack the block, so it holds one lead."""
 
-    def __init__(self, plan: Plan, store: ForecastStore, init_index: int, online: OnlineState | None, depth: int = 4):
-        self.plan, self.store, self.init_index, self.online = plan, store, init_index, online
+    def __init__(self, plan: Plan, store: ForecastStore, init_index: int, state: OnlineState, depth: int = 2):
+        self.plan, self.store, self.init_index, self.state = plan, store, init_index, state
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._loop, name="forecast-writer", daemon=True)
@@ -299,7 +302,11 @@ class Writer:
     def cut_values(plan: Plan, members: torch.Tensor) -> np.ndarray:
         """The output part of (members, channel, lat, lon): chosen channels, the crop box."""
         x = members.detach().to("cpu", torch.float32).numpy()
-        return x[:, plan.channel_index][:, :, plan.lat_index][:, :, :, plan.lon_index]
+        # each fancy index copies the block's fields: cut only the axes that are cut
+        for axis, index in ((1, plan.channel_index), (2, plan.lat_index), (3, plan.lon_index)):
+            if not np.array_equal(index, np.arange(x.shape[axis])):
+                x = np.take(x, index, axis=axis)
+        return x
 
     def put(self, item) -> None:
         while True:
@@ -314,19 +321,17 @@ class Writer:
     def _loop(self) -> None:
         try:
             while (item := self.queue.get()) is not None:
-                kind, block, payload = item
+                kind, work, payload = item
                 if kind == "lead":
                     lead_index, members = payload
                     values = self.cut_values(self.plan, members)
-                    if self.store.store_members:
-                        self.store.write_lead(self.init_index, block, lead_index, values)
-                    if self.online is not None and not self.online.has(block):
-                        self.online.update(lead_index, torch.from_numpy(values), block)
-                else:  # the block's last lead is written: record it
-                    if self.online is not None and not self.online.has(block):
-                        self.online.add_block(block)
-                    if self.store.store_members:
-                        self.store.mark_complete(self.init_index, block)
+                    del members, payload, item  # the device copy is not needed past this point
+                    if work.write_members:
+                        self.store.write_lead(self.init_index, work.block, lead_index, values)
+                    if lead_index in work.stat_leads:
+                        self.state.add(lead_index, work.block, torch.from_numpy(values))
+                elif work.write_members:  # the block's last lead is written: record it
+                    self.store.mark_complete(self.init_index, work.block)
         except BaseException as e:  # noqa: BLE001 (re-raised in the compute thread)
             self.error = e
             while True:  # drain so the producer never blocks on a dead writer
@@ -346,12 +351,13 @@ class Writer:
 
 
 def accumulators_for(plan: Plan, store_location: str) -> list[Accumulator]:
+    """The recipes of one lead's statistics: moments and exceedances, plus scores with `score`."""
     shape = (len(plan.channel_index), len(plan.lat_index), len(plan.lon_index))
     a = Archive.open(plan.archive)
     channels = [a.channels[i] for i in plan.channel_index]
     accs: list[Accumulator] = [
-        EnsembleMoments(len(plan.output_leads), shape),
-        ExceedanceCounts(len(plan.output_leads), channels, shape, dict(plan.settings.thresholds)),
+        EnsembleMoments(shape),
+        ExceedanceCounts(channels, shape, dict(plan.settings.thresholds)),
     ]
     if plan.settings.score:
         accs += online_scores(plan, channels, store_location)
@@ -360,16 +366,16 @@ def accumulators_for(plan: Plan, store_location: str) -> list[Accumulator]:
 
 def online_scores(plan: Plan, channels: list[str], store_location: str) -> list[Accumulator]:
     """The scores kept while a hindcast runs, against the archive's analyses at the valid
-    times (NaN where the archive ends); the EFI where the side store has an M-climate."""
+    times (NaN where the archive ends), read lead by lead; the EFI where the side store has an
+    M-climate (read lead by lead and tile by tile)."""
     from forecast.diagnostics.mclimate import load_mclimate
-    from forecast.diagnostics.online import EFICounts, MeanSkill, RankCounts, SpectraSums, TiledCRPS
+    from forecast.diagnostics.online import EFIWeights, LeadVerification, MeanSkill, RankCounts, SpectraSums, TiledCRPS
     from forecast.diagnostics.scores import area_weights
-    from forecast.diagnostics.verify import verification
 
     grid = Archive.open(plan.archive).grid
     lat, lon = grid.lat[plan.lat_index], grid.lon[plan.lon_index]
     valid = plan.init_time + plan.output_leads.astype("timedelta64[h]")
-    truth = verification(plan.archive, valid, channels, lat, lon)
+    truth = LeadVerification(plan.archive, valid, channels, lat, lon)
     weights = area_weights(lat).values
     per_checkpoint = plan.layout.per_checkpoint
     accs: list[Accumulator] = [
@@ -390,7 +396,7 @@ def online_scores(plan: Plan, channels: list[str], store_location: str) -> list[
         lead_map = {k: have[int(h)] for k, h in enumerate(plan.output_leads) if int(h) in have}
         if lead_map:
             clim = climate.sel(channel=channels).isel(lat=plan.lat_index, lon=plan.lon_index)
-            accs.append(EFICounts(clim.values, lead_map))
+            accs.append(EFIWeights(clim, lead_map))
     return accs
 
 
@@ -430,21 +436,10 @@ def _open_or_create_store(plan: Plan, out: str) -> tuple[ForecastStore, int]:
     return store, store.add_init_time(plan.init_time)
 
 
-def catch_up(plan: Plan, store: ForecastStore, init_index: int, online: OnlineState) -> list[int]:
-    """Blocks whose members are stored complete but are missing from the online statistics
-    (a worker's result lost before it was merged) are read back from the store, not rerun."""
-    if not store.store_members:
-        return []
-    complete = store.complete(init_index)
-    missing = [b for b in plan.layout.blocks(plan.block_size) if complete[b.start : b.stop].all() and not online.has(b)]
-    for block in missing:
-        for k in range(len(plan.output_leads)):
-            values = store.group["fields"][init_index, block.start : block.stop, k]
-            online.update(k, torch.from_numpy(np.asarray(values)), block)
-        online.add_block(block)
-    if missing:
-        log.info("%s: statistics caught up from %d stored blocks", store.location, len(missing))
-    return [b.index for b in missing]
+def online_state(plan: Plan, store: ForecastStore, init_index: int, out: str) -> OnlineState:
+    """The run's statistics of one init time, kept in the store lead by lead."""
+    n_blocks = len(plan.layout.blocks(plan.block_size))
+    return OnlineState(store, init_index, n_blocks, len(plan.output_leads), accumulators_for(plan, out))
 
 
 def run_ensemble(
@@ -456,24 +451,19 @@ def run_ensemble(
     device: str | None = None,
     progress: bool = True,
     blocks: Sequence[int] | None = None,
-    private_state: bool = False,
 ) -> dict:
     """Run (or resume) the ensemble from `init_time` into the store at `out`. Returns a summary.
 
-    `blocks` limits the run to those block indices (a worker's share); None runs all. With
-    `private_state` the online statistics of this call's blocks are kept apart from the
-    store's and returned as bytes (`summary["online_state"]`) for the caller to merge: several
-    processes then never write the shared state."""
+    `blocks` limits the run to those block indices (a worker's share); None runs all. Several
+    processes may run disjoint (or even the same) blocks of one init time at once: each folds
+    its blocks into the store's per-lead statistics under that lead's lock."""
     dev = torch.device(device) if device else _default_device()
     plan = plan_run(archive, packages, init_time, settings)
     store, init_index = open_or_create_store(plan, out)
     all_blocks = plan.layout.blocks(plan.block_size)
     mine = all_blocks if blocks is None else [all_blocks[i] for i in blocks]
-    online = OnlineState(store, init_index, len(all_blocks), accumulators_for(plan, out), persistent=not private_state)
-    if not private_state:
-        catch_up(plan, store, init_index, online)
-    complete = store.complete(init_index)
-    todo = [b for b in mine if not (complete[b.start : b.stop].all() if store.store_members else online.has(b))]
+    state = online_state(plan, store, init_index, out)
+    todo = catch_up(store, init_index, state, pending(store, init_index, state, mine))
     log.info(
         "%s: %d members (%d checkpoints x %d perturbations x 2) in %d blocks of %d; %d blocks to run",
         out,
@@ -484,31 +474,29 @@ def run_ensemble(
         plan.block_size,
         len(todo),
     )
-    writer = Writer(plan, store, init_index, online)
+    writer = Writer(plan, store, init_index, state)
     bar = tqdm(total=len(todo) * (plan.steps + 1) * plan.block_size, desc="member-steps", unit="", disable=not progress)
     try:
-        for block in todo:
+        for work in todo:
 
-            def emit(lead_index, state, block=block):
+            def emit(lead_index, members, work=work):
                 # No copy: each step makes a new state tensor, none is changed in place.
-                writer.put(("lead", block, (lead_index, state.detach().cpu())))
+                writer.put(("lead", work, (lead_index, members.detach().cpu())))
 
-            run_block(plan, block, emit, dev)
-            writer.put(("done", block, None))
-            bar.update((plan.steps + 1) * block.size)
+            run_block(plan, work.block, emit, dev)
+            writer.put(("done", work, None))
+            bar.update((plan.steps + 1) * work.block.size)
     finally:
         writer.close()
         bar.close()
-    if online.complete() and not private_state:
-        online.write_results()
+    finished = state.finish()
     return {
-        **({"online_state": online.to_bytes()} if private_state else {}),
         "store": str(out),
         "init_time": str(plan.init_time),
         "members": plan.layout.size,
         "blocks_run": len(todo),
         "block_size": plan.block_size,
-        "statistics_complete": online.complete(),
+        "statistics_complete": finished,
     }
 
 

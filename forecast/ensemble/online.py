@@ -1,11 +1,14 @@
 """Online reduction: statistics over members, kept while the engine runs, so a run can keep
 statistics instead of members (DESIGN §5).
 
-The engine hands each finished (block, lead) to every accumulator's `update`. Accumulators
-merge (`merge`), so blocks computed in different processes combine, and save and load their
-state as plain tensors (safetensors, no pickle), so an interrupted run resumes. Their memory and
-disk use depend on the grid and the lead times, never on the member count. The diagnostics
-issue adds scores through the same protocol.
+An accumulator is a recipe for the state of ONE lead time: `empty()` makes it, `update`
+folds one block's members at that lead into it, `result` turns a complete lead's state into
+arrays. The engine keeps the state of each (init time, lead) in the forecast store and
+updates it lead by lead (`forecast.ensemble.state`), so memory is one lead's state however
+many leads and members a run has, blocks computed by different processes combine through the
+store, and an interrupted run resumes. States are plain tensors (safetensors-free, no
+pickle) whose shapes do not depend on the member count. The diagnostics add scores through
+the same protocol (`forecast.diagnostics.online`).
 """
 
 from __future__ import annotations
@@ -16,94 +19,90 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+Result = dict[str, tuple[tuple[str, ...], np.ndarray, dict]]
+
 
 @runtime_checkable
 class Accumulator(Protocol):
     name: str
 
-    def update(self, lead_index: int, members: torch.Tensor) -> None:
-        """members: (block members, channel, lat, lon) at one lead time."""
+    def empty(self) -> dict[str, torch.Tensor]:
+        """The state of one lead before any member (the same shapes for every lead)."""
 
-    def merge(self, other: Accumulator) -> None: ...
+    def update(self, state: dict[str, torch.Tensor], lead_index: int, members: torch.Tensor, first: int) -> None:
+        """Fold members (block members, channel, lat, lon) at one lead into `state`, in place;
+        `first` is the block's first member index."""
 
-    def state(self) -> dict[str, torch.Tensor]: ...
+    def result(self, state: dict[str, torch.Tensor], lead_index: int) -> Result:
+        """Named arrays of one complete lead: (dims, values, attributes), dims without lead_time."""
 
-    def load_state(self, state: dict[str, torch.Tensor]) -> None: ...
 
-    def result(self) -> dict[str, tuple[tuple[str, ...], np.ndarray, dict]]:
-        """Named arrays: (dims, values, attributes), dims among (lead_time, channel, lat, lon, ...)."""
+def fixed_arrays(accumulator: Accumulator) -> Result:
+    """Arrays that do not depend on the lead (e.g. threshold labels), if the accumulator has any."""
+    return accumulator.fixed() if hasattr(accumulator, "fixed") else {}
+
+
+def combine_moments(state: dict[str, torch.Tensor], members: torch.Tensor) -> None:
+    """Chan et al.'s pairwise update of count, mean and M2 (float64) with a block's members:
+    the result does not depend on how members were split into blocks (to rounding)."""
+    x = members.detach().to("cpu", torch.float64)
+    n_a, n_b = float(state["count"]), float(x.shape[0])
+    mean_b = x.mean(dim=0)
+    m2_b = (x - mean_b).square().sum(dim=0)
+    n = n_a + n_b
+    delta = mean_b - state["mean"]
+    state["mean"] += delta * (n_b / n)
+    state["m2"] += m2_b + delta.square() * (n_a * n_b / n)
+    state["count"].fill_(n)
 
 
 class EnsembleMoments:
-    """Count, mean, variance (ddof = 1), min and max over members, per lead and grid point.
-    Mean and M2 in float64, merged with Chan et al.'s pairwise update, so the result does
-    not depend on how members were split into blocks (to rounding)."""
+    """Count, mean, variance (ddof = 1), min and max over members, per grid point."""
 
     name = "moments"
 
-    def __init__(self, leads: int, shape: Sequence[int]):
-        full = (leads, *shape)
-        self.count = torch.zeros(leads, dtype=torch.float64)
-        self.mean = torch.zeros(full, dtype=torch.float64)
-        self.m2 = torch.zeros(full, dtype=torch.float64)
-        self.min = torch.full(full, torch.inf, dtype=torch.float32)
-        self.max = torch.full(full, -torch.inf, dtype=torch.float32)
+    def __init__(self, shape: Sequence[int]):
+        self.shape = tuple(shape)
 
-    def _combine(self, k: int, n_b: float, mean_b: torch.Tensor, m2_b: torch.Tensor) -> None:
-        n_a = float(self.count[k])
-        n = n_a + n_b
-        delta = mean_b - self.mean[k]
-        self.mean[k] += delta * (n_b / n)
-        self.m2[k] += m2_b + delta.square() * (n_a * n_b / n)
-        self.count[k] = n
-
-    def update(self, lead_index: int, members: torch.Tensor) -> None:
-        x = members.detach().to("cpu", torch.float64)
-        mean_b = x.mean(dim=0)
-        self._combine(lead_index, float(x.shape[0]), mean_b, (x - mean_b).square().sum(dim=0))
-        self.min[lead_index] = torch.minimum(self.min[lead_index], members.detach().cpu().float().amin(dim=0))
-        self.max[lead_index] = torch.maximum(self.max[lead_index], members.detach().cpu().float().amax(dim=0))
-
-    def merge(self, other: EnsembleMoments) -> None:
-        for k in range(len(self.count)):
-            if other.count[k] > 0:
-                self._combine(k, float(other.count[k]), other.mean[k], other.m2[k])
-        self.min = torch.minimum(self.min, other.min)
-        self.max = torch.maximum(self.max, other.max)
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return {"count": self.count, "mean": self.mean, "m2": self.m2, "min": self.min, "max": self.max}
-
-    def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        for key, value in state.items():
-            setattr(self, key, value.clone())
-
-    def result(self) -> dict:
-        n = self.count.view(-1, *([1] * (self.mean.ndim - 1)))
-        variance = torch.where(n > 1, self.m2 / (n - 1).clamp_min(1), torch.nan)
-        dims = ("lead_time", "channel", "lat", "lon")
+    def empty(self) -> dict[str, torch.Tensor]:
         return {
-            "ensemble_mean": (dims, self.mean.float().numpy(), {"long_name": "ensemble mean"}),
+            "count": torch.zeros((), dtype=torch.float64),
+            "mean": torch.zeros(self.shape, dtype=torch.float64),
+            "m2": torch.zeros(self.shape, dtype=torch.float64),
+            "min": torch.full(self.shape, torch.inf, dtype=torch.float32),
+            "max": torch.full(self.shape, -torch.inf, dtype=torch.float32),
+        }
+
+    def update(self, state, lead_index: int, members: torch.Tensor, first: int = 0) -> None:
+        combine_moments(state, members)
+        x = members.detach().cpu().float()
+        torch.minimum(state["min"], x.amin(dim=0), out=state["min"])
+        torch.maximum(state["max"], x.amax(dim=0), out=state["max"])
+
+    def result(self, state, lead_index: int) -> Result:
+        n = float(state["count"])
+        variance = state["m2"] / (n - 1) if n > 1 else torch.full_like(state["m2"], torch.nan)
+        dims = ("channel", "lat", "lon")
+        return {
+            "ensemble_mean": (dims, state["mean"].float().numpy(), {"long_name": "ensemble mean"}),
             "ensemble_variance": (
                 dims,
                 variance.float().numpy(),
                 {"long_name": "ensemble variance", "ddof": 1, "estimator": "sum of squared deviations / (m - 1)"},
             ),
-            "ensemble_min": (dims, self.min.numpy(), {"long_name": "ensemble minimum"}),
-            "ensemble_max": (dims, self.max.numpy(), {"long_name": "ensemble maximum"}),
-            "member_count": (("lead_time",), self.count.numpy().astype(np.int64), {"long_name": "members accumulated"}),
+            "ensemble_min": (dims, state["min"].numpy(), {"long_name": "ensemble minimum"}),
+            "ensemble_max": (dims, state["max"].numpy(), {"long_name": "ensemble maximum"}),
+            "member_count": ((), np.asarray(int(n), np.int64), {"long_name": "members accumulated"}),
         }
 
 
 class ExceedanceCounts:
-    """How many members exceed each threshold (`>`), per lead, threshold and grid point.
+    """How many members exceed each threshold (`>`), per threshold and grid point.
     thresholds: {channel: [values in the channel's units]}."""
 
     name = "exceedance"
 
-    def __init__(
-        self, leads: int, channels: Sequence[str], shape: Sequence[int], thresholds: dict[str, Sequence[float]]
-    ):
+    def __init__(self, channels: Sequence[str], shape: Sequence[int], thresholds: dict[str, Sequence[float]]):
         unknown = set(thresholds) - set(channels)
         if unknown:
             raise ValueError(f"exceedance thresholds name channels not in the output: {sorted(unknown)}")
@@ -111,29 +110,29 @@ class ExceedanceCounts:
         self.channel_index = torch.tensor([list(channels).index(c) for c, _ in pairs], dtype=torch.long)
         self.values = torch.tensor([v for _, v in pairs], dtype=torch.float32)
         self.labels = [f"{c}>{v:g}" for c, v in pairs]
-        self.counts = torch.zeros((leads, len(pairs), *shape[-2:]), dtype=torch.int64)
+        self.shape = (len(pairs), *tuple(shape)[-2:])
 
-    def update(self, lead_index: int, members: torch.Tensor) -> None:
-        if not len(self.labels):
+    def empty(self) -> dict[str, torch.Tensor]:
+        return {"counts": torch.zeros(self.shape, dtype=torch.int32)} if self.labels else {}
+
+    def update(self, state, lead_index: int, members: torch.Tensor, first: int = 0) -> None:
+        if not self.labels:
             return
         x = members.detach().cpu().float()[:, self.channel_index]  # (m, threshold, lat, lon)
-        self.counts[lead_index] += (x > self.values.view(1, -1, 1, 1)).sum(dim=0)
+        state["counts"] += (x > self.values.view(1, -1, 1, 1)).sum(dim=0, dtype=torch.int32)
 
-    def merge(self, other: ExceedanceCounts) -> None:
-        self.counts += other.counts
+    def fixed(self) -> Result:
+        if not self.labels:
+            return {}
+        return {"threshold": (("threshold",), np.asarray(self.labels, dtype=str), {"long_name": "channel > value"})}
 
-    def state(self) -> dict[str, torch.Tensor]:
-        return {"counts": self.counts}
-
-    def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.counts = state["counts"].clone()
-
-    def result(self) -> dict:
+    def result(self, state, lead_index: int) -> Result:
+        if not self.labels:
+            return {}
         return {
-            "threshold": (("threshold",), np.asarray(self.labels, dtype=str), {"long_name": "channel > value"}),
             "exceedance_count": (
-                ("lead_time", "threshold", "lat", "lon"),
-                self.counts.numpy(),
+                ("threshold", "lat", "lon"),
+                state["counts"].numpy().astype(np.int64),
                 {"long_name": "members above the threshold", "comparison": ">"},
             ),
         }

@@ -1,174 +1,257 @@
-"""The online accumulators' resumable state, kept inside the forecast store.
+"""The online accumulators' state, kept in the forecast store one (init time, lead) at a time.
 
-After each block the accumulators' tensors and the mask of blocks they include are serialised
-with safetensors (no pickle) into one chunk of the uint8 array `online_state` (init_time,
-bytes). One chunk is one object, and zarr writes an object atomically (write, then rename on a
-local disk; a single PUT on object storage), so the state on disk is always a consistent
-"these blocks, these sums". Its size depends on the grid and the leads, not on the members.
-When every block is in, the results are written as arrays with a leading init_time dim.
+Memory and disk are bounded by one lead: the engine folds a block's members into a lead's
+state while that lead is on its way to disk, so a process only ever holds the state of the
+lead it is writing, however many leads and members the run has (DESIGN §5).
+
+Per (init, lead) the store holds:
+- the commit record, one chunk of `online_commit` (init_time, lead_time, record):
+  [slot, final, block 0 in?, block 1 in?, ...]. One chunk is one object, and zarr writes an
+  object atomically (write, then rename on a local disk; a single PUT on object storage), so
+  the record is always a consistent "these blocks are in the state of slot s";
+- the state itself, one array per accumulator tensor in group `online`, in one of two slots
+  (`i{init}.l{lead}.s{slot}.{accumulator}.{tensor}`). An update reads slot s, adds the
+  block, writes slot 1 − s, commits, then deletes slot s: a kill at any point leaves a
+  committed slot that is whole, and the next update overwrites the other;
+- once every block is in, the lead's results (arrays with leading init_time, lead_time dims),
+  then a record marked final, and the state is deleted.
+
+Updates of one (init, lead) are serialised across processes by a lock file beside the store
+(`STORE.locks/`), so workers of a Dask cluster fold their blocks into the same store state
+without a merge step.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import zarr
-from safetensors.torch import load as load_bytes
-from safetensors.torch import save as save_bytes
 
 from forecast.ensemble.members import Block
-from forecast.ensemble.online import Accumulator
-from forecast.locks import store_lock
+from forecast.ensemble.online import Accumulator, fixed_arrays
+from forecast.locks import serialised, store_lock
 
-STATE_ARRAY = "online_state"
+log = logging.getLogger(__name__)
+COMMIT_ARRAY = "online_commit"
+STATE_GROUP = "online"
+_HEADER = 2  # slot, final
 
 
 class OnlineState:
-    def __init__(self, store, init_index: int, n_blocks: int, accumulators: list[Accumulator], persistent: bool = True):
-        """`persistent=False`: a worker's private state, neither loaded from nor saved to the store."""
+    def __init__(self, store, init_index: int, n_blocks: int, n_leads: int, accumulators: Sequence[Accumulator]):
         self.store, self.init_index = store, init_index
-        self.accumulators = accumulators
-        self.persistent = persistent
-        self.done = torch.zeros(n_blocks, dtype=torch.uint8)
-        if persistent:
-            self._load()
+        self.n_blocks, self.n_leads = n_blocks, n_leads
+        self.accumulators = list(accumulators)
+        if "online_state" in store.group:
+            raise ValueError(
+                f"{store.location}: this store keeps its statistics in the single-blob layout of an older "
+                "version; finish or rerun it into a new store"
+            )
 
     # -- bookkeeping ----------------------------------------------------------------------
+    def records(self) -> np.ndarray:
+        """(lead, header + blocks) commit records of this init time (zeros before any)."""
+        group = self.store.group
+        if COMMIT_ARRAY not in group:
+            return np.zeros((self.n_leads, _HEADER + self.n_blocks), np.int8)
+        arr = zarr.open_array(self.store.location, path=COMMIT_ARRAY, mode="r")
+        if arr.shape[0] <= self.init_index:
+            return np.zeros((self.n_leads, _HEADER + self.n_blocks), np.int8)
+        if arr.shape[2] != _HEADER + self.n_blocks:
+            raise ValueError(
+                f"{self.store.location}: online state has {arr.shape[2] - _HEADER} blocks, this run {self.n_blocks}"
+            )
+        return np.asarray(arr[self.init_index])
+
+    def leads_missing(self, block: Block, records: np.ndarray | None = None) -> list[int]:
+        """The leads whose statistics do not include the block yet."""
+        r = self.records() if records is None else records
+        return [k for k in range(self.n_leads) if not (r[k, 1] or r[k, _HEADER + block.index])]
+
     def has(self, block: Block) -> bool:
-        return bool(self.done[block.index])
+        return not self.leads_missing(block)
 
     def complete(self) -> bool:
-        return bool(self.done.all())
+        """Every lead's results are written."""
+        return bool(self.records()[:, 1].all())
 
-    def update(self, lead_index: int, members: torch.Tensor, block: Block | None = None) -> None:
+    # -- updating -------------------------------------------------------------------------
+    def add(self, lead_index: int, block: Block, members: torch.Tensor) -> None:
+        """Fold the block's members at this lead into the stored state (nothing if they are in
+        already): load, update, save to the other slot, commit. The lead's last block writes
+        the lead's results instead."""
+        with serialised(self._lock_path(lead_index)):
+            record = self._record(lead_index)
+            if record[1] or record[_HEADER + block.index]:
+                return
+            slot = int(record[0])
+            first = not record[_HEADER:].any()
+            states = [acc.empty() for acc in self.accumulators] if first else self._load(lead_index, slot)
+            for acc, state in zip(self.accumulators, states, strict=True):
+                acc.update(state, lead_index, members, block.start)
+            record[_HEADER + block.index] = 1
+            if record[_HEADER:].all():
+                self._write_results(lead_index, states)
+                record[1] = 1
+                self._commit(lead_index, record)
+                self._drop(lead_index, slots=(0, 1))
+                for acc in self.accumulators:
+                    if hasattr(acc, "release"):
+                        acc.release(lead_index)
+            else:
+                self._save(lead_index, 1 - slot, states)
+                record[0] = 1 - slot
+                self._commit(lead_index, record)
+                self._drop(lead_index, slots=(slot,))
+
+    def finish(self) -> bool:
+        """When every lead is written: mark the init's statistics complete and let the
+        accumulators clean up (the CRPS scratch). Idempotent; returns whether complete."""
+        if not self.complete():
+            return False
+        with store_lock(self.store.location):
+            # a fresh view: another process may have changed the attributes since
+            group = zarr.open_group(self.store.location, mode="r+")
+            when = str(self.store.init_times[self.init_index])
+            done = set(group.attrs.get("statistics_complete", []))
+            if when not in done:
+                group.attrs["statistics_complete"] = sorted(done | {when})
         for acc in self.accumulators:
-            if block is not None and hasattr(acc, "begin_block"):  # e.g. CRPS spills members by position
-                acc.begin_block(block.start)
-            acc.update(lead_index, members)
+            if hasattr(acc, "close"):
+                acc.close()
+        return True
 
-    def add_block(self, block: Block) -> None:
-        """The block's every lead is in the accumulators: record it and save, atomically."""
-        self.done[block.index] = 1
-        if self.persistent:
-            self.save()
+    # -- storage --------------------------------------------------------------------------
+    def _lock_path(self, lead_index: int) -> str:
+        return f"{self.store.location.rstrip('/')}.locks/state-{self.init_index}-{lead_index}.lock"
 
-    def merge(self, other: OnlineState) -> None:
-        """Fold in another process's accumulators (disjoint blocks)."""
-        overlap = (self.done & other.done).nonzero().flatten().tolist()
-        if overlap:
-            raise ValueError(f"online states overlap in blocks {overlap}: they would be counted twice")
-        for mine, theirs in zip(self.accumulators, other.accumulators, strict=True):
-            mine.merge(theirs)
-        self.done |= other.done
-
-    # -- persistence ----------------------------------------------------------------------
-    def to_bytes(self) -> bytes:
-        tensors = {"done": self.done}
-        for acc in self.accumulators:
-            tensors.update({f"{acc.name}.{k}": v.contiguous() for k, v in acc.state().items()})
-        return save_bytes(tensors)
-
-    def from_bytes(self, blob: bytes) -> None:
-        tensors = load_bytes(blob)
-        if tensors["done"].shape != self.done.shape:
-            raise ValueError(f"online state has {tensors['done'].shape[0]} blocks, this run {self.done.shape[0]}")
-        self.done = tensors["done"].clone()
-        for acc in self.accumulators:
-            prefix = f"{acc.name}."
-            acc.load_state({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
-
-    def save(self) -> None:
-        blob = np.frombuffer(self.to_bytes(), dtype=np.uint8)
-        arr = self._state_array(blob.size + 8)
-        if blob.size + 8 > arr.shape[1]:
-            raise ValueError(f"{self.store.location}: online state grew to {blob.size} bytes; the run changed")
-        row = np.zeros(arr.shape[1], np.uint8)
-        row[:8] = np.frombuffer(np.int64(blob.size).tobytes(), np.uint8)
-        row[8 : 8 + blob.size] = blob
-        arr[self.init_index] = row  # one chunk: one atomic object write
-
-    def _state_array(self, width: int):
-        """The state array, created or grown to every init time of the store. Growing it is
+    def _commit_array(self) -> zarr.Array:
+        """The commit records, created or grown to every init time of the store. Growing is
         serialised across processes: two runs for other init times must not resize it to
         different lengths (a resize drops the chunks beyond the new shape)."""
-        group = self.store.group
-        if STATE_ARRAY in group and group[STATE_ARRAY].shape[0] >= group["init_time"].shape[0]:
-            return group[STATE_ARRAY]
+        width = _HEADER + self.n_blocks
+        group = zarr.open_group(self.store.location, mode="r+")
+        n_init = group["init_time"].shape[0]
+        if COMMIT_ARRAY in group and group[COMMIT_ARRAY].shape[0] >= n_init:
+            return group[COMMIT_ARRAY]
         with store_lock(self.store.location):
             group = zarr.open_group(self.store.location, mode="r+")
             n_init = group["init_time"].shape[0]
-            if STATE_ARRAY not in group:
+            if COMMIT_ARRAY not in group:
                 group.create_array(
-                    STATE_ARRAY,
-                    shape=(n_init, width),
-                    chunks=(1, width),
-                    dtype="uint8",
+                    COMMIT_ARRAY,
+                    shape=(n_init, self.n_leads, width),
+                    chunks=(1, 1, width),
+                    dtype="int8",
                     fill_value=0,
-                    compressors=None,
-                    dimension_names=["init_time", "state_bytes"],
-                    attributes={"long_name": "online accumulator state (8-byte length + safetensors)"},
+                    dimension_names=["init_time", "lead_time", "record"],
+                    attributes={"long_name": "online statistics commit record: slot, final, blocks included"},
                 )
-            arr = group[STATE_ARRAY]
+            arr = group[COMMIT_ARRAY]
             if arr.shape[0] < n_init:
-                arr.resize((n_init, arr.shape[1]))
+                arr.resize((n_init, *arr.shape[1:]))
             return arr
 
-    def _load(self) -> None:
-        group = self.store.group
-        if STATE_ARRAY not in group or group[STATE_ARRAY].shape[0] <= self.init_index:
-            return
-        row = group[STATE_ARRAY][self.init_index]
-        size = int(np.frombuffer(row[:8].tobytes(), np.int64)[0])
-        if size:
-            self.from_bytes(row[8 : 8 + size].tobytes())
+    def _record(self, lead_index: int) -> np.ndarray:
+        return np.asarray(self._commit_array()[self.init_index, lead_index]).copy()
 
-    # -- results --------------------------------------------------------------------------
-    def write_results(self) -> list[str]:
-        """Each accumulator's arrays, with a leading init_time dim where they have lead_time.
-        Serialised across processes: runs for other init times may share the store."""
-        with store_lock(self.store.location):
-            return self._write_results()
+    def _commit(self, lead_index: int, record: np.ndarray) -> None:
+        self._commit_array()[self.init_index, lead_index] = record  # one chunk: one atomic write
 
-    def _write_results(self) -> list[str]:
-        # a fresh view of the group: another process may have changed its attributes since
-        # this one opened it, and an attribute write rewrites the whole document
+    def _group(self) -> zarr.Group:
         group = zarr.open_group(self.store.location, mode="r+")
+        if STATE_GROUP not in group:
+            with store_lock(self.store.location):
+                group = zarr.open_group(self.store.location, mode="r+")
+                if STATE_GROUP not in group:
+                    group.create_group(STATE_GROUP, attributes={"long_name": "online accumulator states by lead"})
+        return group[STATE_GROUP]
+
+    def _name(self, lead_index: int, slot: int, acc: Accumulator, key: str) -> str:
+        return f"i{self.init_index}.l{lead_index}.s{slot}.{acc.name}.{key}"
+
+    def _save(self, lead_index: int, slot: int, states: list[dict[str, torch.Tensor]]) -> None:
+        group = self._group()
+        for acc, state in zip(self.accumulators, states, strict=True):
+            for key, tensor in state.items():
+                values = tensor.detach().cpu().contiguous().numpy().reshape(tensor.shape or (1,))
+                arr = group.create_array(
+                    self._name(lead_index, slot, acc, key),
+                    shape=values.shape,
+                    chunks=values.shape,
+                    dtype=values.dtype,
+                    fill_value=0,
+                    compressors=None,  # fixed size: a statistics-only run's disk use is known upfront
+                    overwrite=True,
+                )
+                arr[...] = values
+
+    def _load(self, lead_index: int, slot: int) -> list[dict[str, torch.Tensor]]:
+        group = self._group()
+        states = []
+        for acc in self.accumulators:
+            state = acc.empty()
+            for key, tensor in state.items():
+                values = np.asarray(group[self._name(lead_index, slot, acc, key)][...])
+                tensor.copy_(torch.from_numpy(values.reshape(tensor.shape)))
+            states.append(state)
+        return states
+
+    def _drop(self, lead_index: int, slots: Sequence[int]) -> None:
+        root = zarr.open_group(self.store.location, mode="r+")
+        if STATE_GROUP not in root:
+            return
+        group = root[STATE_GROUP]
+        pattern = re.compile(rf"i{self.init_index}\.l{lead_index}\.s({'|'.join(map(str, slots))})\.")
+        for name in [n for n in group.array_keys() if pattern.match(n)]:
+            del group[name]
+
+    def _write_results(self, lead_index: int, states: list[dict[str, torch.Tensor]]) -> None:
+        results = {}
+        for acc, state in zip(self.accumulators, states, strict=True):
+            results.update(acc.result(state, lead_index))
+        fixed = {}
+        for acc in self.accumulators:
+            fixed.update(fixed_arrays(acc))
+        group = zarr.open_group(self.store.location, mode="r+")
+        missing = [n for n in [*results, *fixed] if n not in group]
         n_init = group["init_time"].shape[0]
-        when = str(self.store.init_times[self.init_index])
-        if when in group.attrs.get("statistics_complete", []):
-            return []  # already written (a rerun of a finished run): the CRPS scratch is gone
-        written = []
-        for acc in self.accumulators:
-            for name, (dims, values, attrs) in acc.result().items():
+        short = [n for n in results if n in group and group[n].shape[0] < n_init]
+        if missing or short:
+            with store_lock(self.store.location):
+                self._create_results(results, fixed)
+        group = zarr.open_group(self.store.location, mode="r+")
+        for name, (_, values, _) in results.items():
+            group[name][self.init_index, lead_index] = np.asarray(values)
+
+    def _create_results(self, results: dict, fixed: dict) -> None:
+        group = zarr.open_group(self.store.location, mode="r+")
+        n_init, n_lead = group["init_time"].shape[0], self.n_leads
+        for name, (dims, values, attrs) in fixed.items():
+            if name not in group:
                 values = np.asarray(values)
-                if values.size == 0:  # e.g. no exceedance thresholds asked for
-                    continue
-                if "lead_time" not in dims:  # a coordinate (e.g. the threshold labels)
-                    if name not in group:
-                        dtype = str if values.dtype.kind == "U" else values.dtype
-                        arr = group.create_array(
-                            name, shape=values.shape, dtype=dtype, dimension_names=list(dims), attributes=attrs
-                        )
-                        arr[...] = values
-                    continue
-                if name not in group:
-                    group.create_array(
-                        name,
-                        shape=(n_init, *values.shape),
-                        chunks=(1, 1, *values.shape[1:]),
-                        dtype=values.dtype,
-                        fill_value=np.nan if values.dtype.kind == "f" else 0,
-                        compressors=None,  # fixed size: a statistics-only run's disk use is known upfront
-                        dimension_names=["init_time", *dims],
-                        attributes=attrs,
-                    )
-                arr = group[name]
-                if arr.shape[0] < n_init:
-                    arr.resize((n_init, *arr.shape[1:]))
-                arr[self.init_index] = values
-                written.append(name)
-        group.attrs["statistics_complete"] = sorted(set(group.attrs.get("statistics_complete", [])) | {when})
-        for acc in self.accumulators:
-            if hasattr(acc, "close"):  # scratch no longer needed once the results are on disk
-                acc.close()
-        return written
+                dtype = str if values.dtype.kind == "U" else values.dtype
+                arr = group.create_array(
+                    name, shape=values.shape, dtype=dtype, dimension_names=list(dims), attributes=attrs
+                )
+                arr[...] = values
+        for name, (dims, values, attrs) in results.items():
+            values = np.asarray(values)
+            if name not in group:
+                group.create_array(
+                    name,
+                    shape=(n_init, n_lead, *values.shape),
+                    chunks=(1, 1, *values.shape),
+                    dtype=values.dtype,
+                    fill_value=np.nan if values.dtype.kind == "f" else 0,
+                    compressors=None,  # fixed size: a statistics-only run's disk use is known upfront
+                    dimension_names=["init_time", "lead_time", *dims],
+                    attributes=attrs,
+                )
+            arr = group[name]
+            if arr.shape[0] < n_init:
+                arr.resize((n_init, *arr.shape[1:]))

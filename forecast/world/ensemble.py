@@ -244,13 +244,12 @@ def physics_to_store(ds: xr.Dataset, out: str | Path, channels: list[str] | None
     store = ForecastStore.create(str(out), layout, [init], leads, available, lat, lon, run=run)
     block = layout.blocks(members)[0]
     fields = np.stack([member_fields(c) for c in converted])  # (member, lead, channel, lat, lon)
-    state = OnlineState(store, 0, 1, [EnsembleMoments(len(leads), fields.shape[2:])])
+    state = OnlineState(store, 0, 1, len(leads), [EnsembleMoments(fields.shape[2:])])
     for k in range(len(leads)):
         store.write_lead(0, block, k, fields[:, k])
-        state.update(k, torch.from_numpy(fields[:, k]))
-    state.add_block(block)
+        state.add(k, block, torch.from_numpy(fields[:, k]))
     store.mark_complete(0, block)
-    state.write_results()
+    state.finish()
     return str(out)
 
 
