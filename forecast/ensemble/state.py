@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -207,8 +209,15 @@ class OnlineState:
             return
         group = root[STATE_GROUP]
         pattern = re.compile(rf"i{self.init_index}\.l{lead_index}\.s({'|'.join(map(str, slots))})\.")
-        for name in [n for n in group.array_keys() if pattern.match(n)]:
-            del group[name]
+        local = Path(self.store.location) / STATE_GROUP
+        # on a local disk list the folder itself: an array whose creation a kill cut short has
+        # no metadata yet, so zarr does not list it, and it would stay behind
+        names = [p.name for p in local.iterdir()] if local.is_dir() else list(group.array_keys())
+        for name in [n for n in names if pattern.match(n)]:
+            if local.is_dir():
+                shutil.rmtree(local / name, ignore_errors=True)
+            else:
+                del group[name]
 
     def _write_results(self, lead_index: int, states: list[dict[str, torch.Tensor]]) -> None:
         results = {}
