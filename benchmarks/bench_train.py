@@ -20,7 +20,7 @@ import torch
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--archive")
-    parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "train.yaml"))
+    parser.add_argument("--config", default="train.yaml", help="a path, or a shipped config's name")
     args = parser.parse_args()
 
     from flows.train import summarise

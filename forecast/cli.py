@@ -297,8 +297,14 @@ the chain, step by step:
   forecast run --archive archive.zarr --packages packages/seed* --init-time 2000-12-10T00 --out fc.zarr
   forecast diagnose --store fc.zarr --archive archive.zarr --out scores.zarr --plots plots/
 or all of it at once: forecast demo --out demo-output
-daily operation: forecast serve --config configs/operations.yaml (see the README)
+daily operation: forecast serve --config ops.yaml (a copy of the shipped operations.yaml; see the README)
+--config takes a path, or the name of a config shipped with the package (e.g. train-demo.yaml)
 """
+CONFIG_HELP = "; a path, or a shipped config's name (default: %(default)s)"
+
+
+def _shipped(name: str) -> str:
+    return str(CONFIG_DIR / name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -315,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("world", help="simulate the built-in world into monthly ERA5-like NetCDF files")
     w.add_argument("--out", required=True, help="output directory")
-    w.add_argument("--config", default=str(CONFIG_DIR / "world.yaml"), help="world config (options override)")
+    w.add_argument("--config", default=_shipped("world.yaml"), help="world config (options override)" + CONFIG_HELP)
     w.add_argument("--years", type=int, help="simulated years (config default 1)")
     w.add_argument("--months", type=int, help="simulate this many months instead of whole years")
     w.add_argument("--seed", type=int, help="world seed: another seed is other weather, the same climate")
@@ -325,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("ingest", help="ingest NetCDF/GRIB/Zarr sources (paths or fsspec URLs) into an archive")
     i.add_argument("sources", nargs="+", help="files, directories of files, Zarr stores or URLs")
     i.add_argument("--archive", required=True, help="archive Zarr store (created if missing)")
-    i.add_argument("--config", help="YAML ingest config (see configs/)")
+    i.add_argument("--config", help="ingest config: a path, or a shipped config's name, e.g. ingest-era5-1deg.yaml")
     i.add_argument("--grid", help="target grid: NLATxNLON (e.g. 33x64) or degrees (e.g. 1.0)")
     i.add_argument("--channels", nargs="+", help="channels to keep (default: all found)")
     i.add_argument("--time-step", type=int, help="archive time step in hours (default 6)")
@@ -336,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--archive", required=True, help="archive to train on (its last 10%% is held out by default)")
     t.add_argument("--seed", type=int, required=True, help="the seed: each seed is a model perturbation")
     t.add_argument("--out", required=True, help="model package directory (safetensors + JSON)")
-    t.add_argument("--config", default=str(CONFIG_DIR / "train.yaml"), help="training config")
+    t.add_argument("--config", default=_shipped("train.yaml"), help="training config" + CONFIG_HELP)
     t.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     t.set_defaults(func=_cmd_train)
 
@@ -350,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--archive", required=True, help="archive with the analyses (init time and 18 h before)")
     r.add_argument("--packages", nargs="+", required=True, help="model package directories (one per checkpoint)")
     r.add_argument("--init-time", required=True, help="e.g. 2001-12-01T00")
-    r.add_argument("--config", default=str(CONFIG_DIR / "ensemble.yaml"), help="run settings (options override)")
+    r.add_argument("--config", default=_shipped("ensemble.yaml"), help="run settings (options override)" + CONFIG_HELP)
     r.add_argument("--perturbations", type=int, help="perturbations per checkpoint, each used +/- (default 16)")
     r.add_argument("--perturbation", choices=["bred", "noise", "grf"], help="default bred")
     r.add_argument("--lead-hours", type=int, help="default 360")
@@ -393,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--archive", required=True, help="archive with the verifying analyses")
     v.add_argument("--out", required=True, help="scores store (created, or extended if it exists)")
     v.add_argument("--plots", help="directory for PNG plots of the scores")
-    v.add_argument("--config", default=str(CONFIG_DIR / "diagnose.yaml"), help="what the plots show")
+    v.add_argument("--config", default=_shipped("diagnose.yaml"), help="what the plots show" + CONFIG_HELP)
     v.add_argument("--rescore", action="store_true", help="score everything again (new analyses are scored without it)")
     v.set_defaults(func=_cmd_diagnose)
 
@@ -404,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--end", required=True, help="last init time")
     b.add_argument("--every-hours", type=int, default=24, help="hours between init times (default 24)")
     b.add_argument("--out", required=True, help="directory of the hindcast store (hindcast.zarr)")
-    b.add_argument("--config", default=str(CONFIG_DIR / "ensemble.yaml"), help="run settings")
+    b.add_argument("--config", default=_shipped("ensemble.yaml"), help="run settings" + CONFIG_HELP)
     b.add_argument("--perturbations", type=int, help="override the config's")
     b.add_argument("--lead-hours", type=int, help="override the config's")
     b.add_argument("--max-concurrent", type=int, default=2, help="init times run at once (default 2)")
@@ -413,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_backfill)
 
     sv = sub.add_parser("serve", help="serve the daily forecast (cron) and hindcast deployments until stopped")
-    sv.add_argument("--config", default=str(CONFIG_DIR / "operations.yaml"), help="operations config")
+    sv.add_argument("--config", default=_shipped("operations.yaml"), help="operations config" + CONFIG_HELP)
     sv.add_argument("--cron", help="override the config's schedule, e.g. '0 6 * * *'")
     sv.set_defaults(func=_cmd_serve)
 
@@ -425,7 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the whole chain on the built-in world: world, ingest, train, ensemble, scores, report"
     )
     d.add_argument("--out", default="demo-output", help="everything the demo makes goes here (default demo-output)")
-    d.add_argument("--config", default=str(CONFIG_DIR / "demo.yaml"), help="demo config: world, training, ensemble")
+    d.add_argument(
+        "--config", default=_shipped("demo.yaml"), help="demo config: world, training, ensemble" + CONFIG_HELP
+    )
     d.set_defaults(func=_cmd_demo)
     return p
 

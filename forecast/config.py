@@ -2,6 +2,11 @@
 
 Unknown keys, wrong types and bad values are errors that name the file and the key: a typo in
 a config must not silently fall back to a default.
+
+The default configs ship inside the package (forecast/configs/*.yaml, package data), so that an
+installed `forecast` finds them wherever it runs; `configs/` at the top of a checkout is a link
+to that directory. A config is given by path, or by the bare name of a shipped one
+("train-demo.yaml"): see `config_path`.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# Beside this module: the same directory in a checkout, an editable install and a regular one.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 class ConfigError(ValueError):
@@ -63,7 +69,7 @@ class IngestConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DemoTrainConfig:
-    config: str = "train-demo.yaml"  # a training config: a path, or a name in configs/
+    config: str = "train-demo.yaml"  # a training config: a path, or the name of a shipped one
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1])
 
     def __post_init__(self):
@@ -95,10 +101,18 @@ class DemoConfig:
     ensemble: DemoEnsembleConfig = DemoEnsembleConfig()
 
 
-def config_path(name: str) -> Path:
-    """A config given by path, or by name in configs/."""
+def shipped_configs() -> list[str]:
+    """The names of the configs shipped with the package."""
+    return sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def config_path(name: str | Path) -> Path:
+    """A config given by path, or by the bare name of a shipped config ("train.yaml": a file of
+    that name in the working directory wins). A path with a directory in it is taken as given."""
     path = Path(name)
-    return path if path.exists() or path.is_absolute() else CONFIG_DIR / name
+    if path.exists() or len(path.parts) != 1:
+        return path
+    return CONFIG_DIR / path
 
 
 def _check_type(value: Any, hint: Any, where: str) -> Any:
@@ -153,7 +167,10 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
 
 
 def load(cls: type[T], path: str | Path) -> T:
-    path = Path(path)
+    """Read and validate a config: a path, or the name of a shipped config (`config_path`)."""
+    given, path = Path(path), config_path(path)
+    if path != given and not path.exists():  # a bare name, neither here nor shipped
+        raise ConfigError(f"{given}: no such file, nor a shipped config ({', '.join(shipped_configs())})")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
@@ -176,7 +193,7 @@ class OperationsConfig:
     cycle_hours: int = 24
     latency_hours: int = 6  # the run at 06:00 forecasts from 00 UTC
     sources: list[str] | None = None  # new analyses to ingest before each run (files, directories, URLs)
-    ensemble_config: str = "ensemble.yaml"  # run settings (a path, or a name in configs/)
+    ensemble_config: str = "ensemble.yaml"  # run settings (a path, or the name of a shipped config)
     perturbations: int | None = None  # overrides of the ensemble config
     lead_hours: int | None = None
     hindcast_max_concurrent: int = 2

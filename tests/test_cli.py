@@ -19,6 +19,7 @@ from forecast.cli import main
         (["diagnose", "--store", "s", "--archive", "a", "--out", "o", "--config", "{cfg}"],
          "plume_point must be [lat, lon]"),
         (["world", "--out", "{tmp}/w", "--config", "{cfg}"], "unknown keys ['plume_point']"),
+        (["world", "--out", "{tmp}/w", "--config", "wrld.yaml"], "wrld.yaml: no such file, nor a shipped config"),
         (["regenerate", "--store", "{tmp}/fc.zarr", "--member", "0"], "fc.zarr: no forecast store there"),
         (["backfill", "--archive", "a", "--packages", "p", "--start", "2001-01-05T00", "--end", "2001-01-01T00",
           "--out", "{tmp}/b"], "need start <= end"),

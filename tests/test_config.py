@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from forecast.config import (
@@ -12,7 +14,9 @@ from forecast.config import (
     IngestConfig,
     OperationsConfig,
     WorldConfig,
+    config_path,
     load,
+    shipped_configs,
 )
 
 
@@ -67,3 +71,20 @@ def test_ensemble_config_is_the_engine_default_and_is_checked(tmp_path):
     bad.write_text("perturbation: gaussian\n")
     with pytest.raises((ConfigError, ValueError), match="perturbation must be one of"):
         load(RunSettings, bad)
+
+
+def test_configs_ship_in_the_package_and_resolve_by_name(tmp_path, monkeypatch):
+    import forecast
+
+    assert CONFIG_DIR == Path(forecast.__file__).resolve().parent / "configs"
+    assert {"demo.yaml", "train.yaml", "train-demo.yaml", "ensemble.yaml", "world.yaml"} <= set(shipped_configs())
+    monkeypatch.chdir(tmp_path)
+    assert config_path("world.yaml") == CONFIG_DIR / "world.yaml"  # a bare name: the shipped config
+    assert load(WorldConfig, "world.yaml") == WorldConfig()
+    Path("world.yaml").write_text("seed: 5\n")  # ... unless the working directory has that file
+    assert config_path("world.yaml") == Path("world.yaml") and load(WorldConfig, "world.yaml").seed == 5
+    assert config_path("sub/world.yaml") == Path("sub/world.yaml")  # a path is taken as given
+    with pytest.raises(ConfigError, match=r"sub/world.yaml: cannot read config"):
+        load(WorldConfig, "sub/world.yaml")
+    with pytest.raises(ConfigError, match=r"wrld.yaml: no such file, nor a shipped config \(demo.yaml, "):
+        load(WorldConfig, "wrld.yaml")
