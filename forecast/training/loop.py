@@ -2,7 +2,7 @@
 
 AdamW with linear warm-up and cosine decay (a pure function of the step, so nothing but the
 step count needs saving), gradient clipping, an area-weighted loss in units of each channel's
-6-hour-difference std with per-channel weights, validation each epoch on a held-out period,
+one-step difference std (`diff_std`) with per-channel weights, validation each epoch on a held-out period,
 then multi-step rollout fine-tuning. bf16 autocast on GPU.
 
 Resume: after every epoch the weights, the optimizer moments and the progress are written
@@ -31,7 +31,7 @@ from forecast.grid import cell_area_weights
 from forecast.model import ForecastModel, ModelConfig, save_package
 from forecast.training import distributed
 from forecast.training.data import ArchiveWindows, model_from_archive
-from forecast.training.skill import climatology_map, score
+from forecast.training.skill import LEADS_HOURS, climatology_map, lead_steps, score
 
 log = logging.getLogger(__name__)
 _INIT_LOCK = threading.Lock()
@@ -56,14 +56,14 @@ class TrainConfig:
     channel_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     max_batches_per_epoch: int | None = 120  # bounds an epoch: the 2-core budget is 3 minutes
     skill_inits: int = 32  # validation initial times scored for skill.json
-    input_noise: float = 1.0  # training inputs get N(0, (input_noise x 6-h-difference std)²) noise
+    input_noise: float = 1.0  # training inputs get N(0, (input_noise x one-step difference std)²) noise
 
     def __post_init__(self):
         if not 2 <= self.finetune_rollout_steps <= 4 and self.finetune_epochs:
             raise ValueError(f"finetune_rollout_steps must be 2..4, got {self.finetune_rollout_steps}")
         if not 0 <= self.input_noise < 5:
             raise ValueError(
-                f"input_noise is in units of the 6-hour-difference std: 0 <= it < 5, got {self.input_noise}"
+                f"input_noise is in units of the one-step difference std: 0 <= it < 5, got {self.input_noise}"
             )
 
     @property
@@ -122,8 +122,10 @@ class WeightedLoss(torch.nn.Module):
 
 
 def _rollout_loss(
-    model, loss_fn, batch, device, autocast: bool, noise: float = 0.0, noise_seed: int = 0
+    model, loss_fn, batch, device, autocast: bool, step_hours: int, noise: float = 0.0, noise_seed: int = 0
 ) -> torch.Tensor:
+    """Mean loss over the batch's targets, stepping `step_hours` (the archive's time step) per
+    model call: the zenith angle of step k is that of the input time + k steps."""
     state = batch.state.to(device)
     if noise > 0:
         # Noisy inputs, clean targets: the model learns to pull perturbed states back towards
@@ -137,7 +139,7 @@ def _rollout_loss(
     total = 0.0
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
         for k in range(targets.shape[1]):
-            state = model(state, hours + 6.0 * k)
+            state = model(state, hours + float(step_hours * k))
             total = total + loss_fn(state.float(), targets[:, k])
     return total / targets.shape[1]
 
@@ -196,6 +198,9 @@ def train(
     all epochs with the running loss (on the main rank)."""
     out = Path(out)
     work = out / ".train"
+    source = Archive.open(str(archive))
+    step_hours = source.time_step_hours  # the model steps as the archive does
+    lead_steps(LEADS_HOURS, step_hours)  # a step that skill.json cannot be scored at fails now, not after training
     ranks, dev = distributed.setup(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
     with _INIT_LOCK:  # the global RNG: checkpoints trained in threads must not interleave here
         torch.manual_seed(seed)
@@ -203,7 +208,7 @@ def train(
     model.to(dev)
     loss_fn = WeightedLoss(model, cfg.channel_weights).to(dev)
     optimizer = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    cfg = resolve_periods(cfg, Archive.open(str(archive)).times)
+    cfg = resolve_periods(cfg, source.times)
     train_sets = {
         k: ArchiveWindows(archive, cfg.train_start, cfg.train_end, k)
         for k in sorted({cfg.rollout_steps(e) for e in range(cfg.total_epochs)})
@@ -236,7 +241,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, progress["step"], total_steps)
             noise_seed = (seed * 1_000_003 + progress["step"]) * 64 + ranks.rank
-            loss = _rollout_loss(model, loss_fn, batch, dev, autocast, cfg.input_noise, noise_seed)
+            loss = _rollout_loss(model, loss_fn, batch, dev, autocast, step_hours, cfg.input_noise, noise_seed)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             distributed.average_gradients(model.net, ranks)
@@ -250,7 +255,7 @@ def train(
         model.eval()
         with torch.no_grad():
             vb = valid.batches(cfg.batch_size, seed=0, rank=ranks.rank, world_size=ranks.world_size)
-            vl = [float(_rollout_loss(model, loss_fn, b, dev, autocast)) for b in vb]
+            vl = [float(_rollout_loss(model, loss_fn, b, dev, autocast, step_hours)) for b in vb]
         record = {
             "epoch": epoch,
             "rollout_steps": data.rollout_steps,
@@ -284,13 +289,15 @@ def train(
         return progress
     model = model.cpu()
     climatology = climatology_map(archive, cfg.train_start, cfg.train_end)
-    skill = score(model, archive, cfg.valid_start, cfg.valid_end, climatology, max_inits=cfg.skill_inits)
+    skill = score(
+        model, archive, cfg.valid_start, cfg.valid_end, climatology, max_inits=cfg.skill_inits, step_hours=step_hours
+    )
     save_package(
         model,
         out,
         static_raw=static,
         seed=seed,
-        time_step_hours=valid.archive.time_step_hours,
+        time_step_hours=step_hours,
         training=training,
         skill=skill,
     )
