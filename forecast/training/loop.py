@@ -8,6 +8,10 @@ then multi-step rollout fine-tuning. bf16 autocast on GPU.
 Resume: after every epoch the weights, the optimizer moments and the progress are written
 (safetensors + JSON, never pickle) under `OUT/.train/`. Batch order is a function of
 (seed, epoch), so a resumed run on the CPU reaches the same weights as an uninterrupted one.
+
+Data-parallel under `torchrun` with torch's DistributedDataParallel (gloo on CPU, NCCL on
+GPUs; see `forecast.training.distributed`); the checkpoint scores itself on its training
+device.
 """
 
 from __future__ import annotations
@@ -111,9 +115,12 @@ class WeightedLoss(torch.nn.Module):
         unknown = set(channel_weights) - set(model.channels)
         if unknown:
             raise ValueError(f"channel_weights name channels not in the model: {sorted(unknown)}")
-        area = torch.from_numpy(cell_area_weights(model.lat.numpy())).float()
+        # The weights are built on the CPU (numpy) and put beside the model's buffers, so the
+        # loss works whether the model is on the CPU or a GPU.
+        area = torch.from_numpy(cell_area_weights(model.lat.detach().cpu().numpy())).float()
         cw = torch.tensor([channel_weights.get(c, 1.0) for c in model.channels])
-        self.register_buffer("weights", (cw / cw.mean()).view(1, -1, 1, 1) * area.view(1, 1, -1, 1))
+        weights = (cw / cw.mean()).view(1, -1, 1, 1) * area.view(1, 1, -1, 1)
+        self.register_buffer("weights", weights.to(model.diff_std.device))
         self.register_buffer("scale", model.diff_std.detach().clone())
 
     def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -122,10 +129,20 @@ class WeightedLoss(torch.nn.Module):
 
 
 def _rollout_loss(
-    model, loss_fn, batch, device, autocast: bool, step_hours: int, noise: float = 0.0, noise_seed: int = 0
+    model,
+    loss_fn,
+    batch,
+    device,
+    autocast: bool,
+    step_hours: int,
+    noise: float = 0.0,
+    noise_seed: int = 0,
+    forward=None,
 ) -> torch.Tensor:
     """Mean loss over the batch's targets, stepping `step_hours` (the archive's time step) per
-    model call: the zenith angle of step k is that of the input time + k steps."""
+    model call: the zenith angle of step k is that of the input time + k steps. `forward` is
+    what steps the state (the DDP-wrapped model in data-parallel training; default `model`)."""
+    forward = forward or model
     state = batch.state.to(device)
     if noise > 0:
         # Noisy inputs, clean targets: the model learns to pull perturbed states back towards
@@ -139,7 +156,7 @@ def _rollout_loss(
     total = 0.0
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
         for k in range(targets.shape[1]):
-            state = model(state, hours + float(step_hours * k))
+            state = forward(state, hours + float(step_hours * k))
             total = total + loss_fn(state.float(), targets[:, k])
     return total / targets.shape[1]
 
@@ -221,7 +238,9 @@ def train(
 
     total_steps = sum(batches_in(e) for e in range(cfg.total_epochs))
     progress = _load_state(work, model, optimizer) or {"epoch": -1, "step": 0, "history": []}
-    distributed.broadcast_parameters(model.net, ranks)
+    # Several ranks: DDP broadcasts rank 0's weights now and averages gradients in backward.
+    # `model` stays the unwrapped module (checkpoints, validation, scoring).
+    stepper = distributed.wrap(model, ranks)
     if progress["epoch"] >= 0:
         log.info("resuming %s after epoch %d (step %d)", out, progress["epoch"], progress["step"])
     autocast = dev.type == "cuda"
@@ -241,10 +260,11 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, progress["step"], total_steps)
             noise_seed = (seed * 1_000_003 + progress["step"]) * 64 + ranks.rank
-            loss = _rollout_loss(model, loss_fn, batch, dev, autocast, step_hours, cfg.input_noise, noise_seed)
+            loss = _rollout_loss(
+                model, loss_fn, batch, dev, autocast, step_hours, cfg.input_noise, noise_seed, forward=stepper
+            )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            distributed.average_gradients(model.net, ranks)
+            loss.backward()  # under DDP, the gradients arrive averaged over the ranks
             torch.nn.utils.clip_grad_norm_(model.net.parameters(), cfg.grad_clip)
             optimizer.step()
             losses.append(loss.detach().item())
@@ -284,10 +304,11 @@ def train(
         # Identical on every rank, or data-parallel training went wrong.
         "rank_weight_digests": distributed.weight_digests(model.net, ranks),
     }
+    # The digests were the last collective: leave the process group now, so the other ranks
+    # do not wait in a barrier (and trip a NCCL timeout) while rank 0 scores the checkpoint.
+    distributed.teardown(ranks, wait=False)
     if not ranks.is_main:
-        distributed.teardown(ranks)
         return progress
-    model = model.cpu()
     climatology = climatology_map(archive, cfg.train_start, cfg.train_end)
     skill = score(
         model, archive, cfg.valid_start, cfg.valid_end, climatology, max_inits=cfg.skill_inits, step_hours=step_hours
@@ -301,5 +322,4 @@ def train(
         training=training,
         skill=skill,
     )
-    distributed.teardown(ranks)
     return progress
