@@ -105,6 +105,7 @@ def main() -> None:
     from forecast.diagnostics.verify import diagnose
     from forecast.ensemble.engine import RunSettings, run_ensemble
     from forecast.world.ensemble import physics_ensemble, physics_to_store
+    from forecast.world.generate import OUTPUT_HOURS
 
     torch.set_num_threads(2)
     out = Path(args.out)
@@ -122,7 +123,7 @@ def main() -> None:
         store = out / f"physics-{init}.zarr"
         if not store.exists():
             ds = physics_ensemble(args.world, init, members=members, lead_hours=240, progress=False)
-            physics_to_store(ds.isel(valid_time=[h // 6 for h in leads]), store)
+            physics_to_store(ds.isel(valid_time=[h // OUTPUT_HOURS for h in leads]), store)
     timing["physics_ensemble_s"] = time.perf_counter() - t
     t = time.perf_counter()
     diagnose(str(out / "ml.zarr"), args.archive, str(out / "ml-scores.zarr"), progress=False)

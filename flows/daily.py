@@ -25,20 +25,44 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.diagnose import score
+from forecast.archive import Archive
 from forecast.ensemble.engine import RunSettings, run_ensemble
 from forecast.locks import exclusive
 from forecast.report import write_report
 
 
-def resolve_init_time(scheduled: dt.datetime, cycle_hours: int = 24, latency_hours: int = 6) -> str:
+def resolve_init_time(
+    scheduled: dt.datetime, cycle_hours: int = 24, latency_hours: int = 6, step_hours: int | None = None
+) -> str:
     """The init time a run scheduled at `scheduled` forecasts: the latest cycle at or before
-    scheduled − latency (a 06:00 UTC run forecasts from 00 UTC that day)."""
+    scheduled − latency (a 06:00 UTC run forecasts from 00 UTC that day). With `step_hours`
+    (the archive's time step) the cycle must be a whole number of steps, or its init times
+    would fall between the archive's analyses (a 6-hourly cycle on a 12-hourly archive)."""
     if cycle_hours <= 0 or 24 % cycle_hours:
         raise ValueError(f"cycle_hours must divide 24, got {cycle_hours}")
+    if step_hours is not None and cycle_hours % step_hours:
+        raise ValueError(
+            f"cycle_hours {cycle_hours} is not a multiple of the archive's {step_hours}-hour time step: "
+            "its init times would fall between analyses"
+        )
     when = scheduled.astimezone(dt.UTC).replace(tzinfo=None) - dt.timedelta(hours=latency_hours)
     hours = (when - dt.datetime(when.year, when.month, when.day)).total_seconds() // 3600
     start = dt.datetime(when.year, when.month, when.day) + dt.timedelta(hours=hours - hours % cycle_hours)
     return start.strftime("%Y-%m-%dT%H")
+
+
+def check_init_time(init_time: str, step_hours: int) -> str:
+    """`init_time` (hourly) if it lies on the archive's `step_hours` cadence (00 UTC based,
+    where the analyses are), else a ValueError that says which init times would."""
+    init = np.datetime64(init_time, "h")
+    if int(init.astype(np.int64)) % step_hours:
+        day = init.astype("datetime64[D]")
+        hours = ", ".join(f"{h:02d}" for h in range(0, 24, step_hours))
+        raise ValueError(
+            f"init time {init} is not on the archive's {step_hours}-hour time step: "
+            f"its analyses are at {hours} UTC (e.g. {day}T00)"
+        )
+    return str(init)
 
 
 def paths_for(out_dir: str) -> dict[str, str]:
@@ -105,11 +129,12 @@ def forecast_flow(
     (forecast.zarr, scores.zarr, report-INIT.md, plots-INIT/). `progress` shows the
     ensemble's progress bar (for a terminal; scheduled runs log instead)."""
     logger = get_run_logger()
+    step_hours = Archive.open(archive).time_step_hours
     if init_time is None:
         from prefect.runtime import flow_run
 
-        init_time = resolve_init_time(flow_run.scheduled_start_time, cycle_hours, latency_hours)
-    init_time = str(np.datetime64(init_time, "h"))
+        init_time = resolve_init_time(flow_run.scheduled_start_time, cycle_hours, latency_hours, step_hours)
+    init_time = check_init_time(init_time, step_hours)
     run_settings = dataclasses.asdict(RunSettings.from_dict({**(settings or {}), "score": True}))
     p = paths_for(out_dir)
     parameters = {"archive": archive, "packages": packages, "out_dir": out_dir, "init_time": init_time,

@@ -18,16 +18,25 @@ import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.daily import run_members
+from flows.daily import check_init_time, run_members
+from forecast.archive import Archive
 from forecast.ensemble.engine import RunSettings
 from forecast.ensemble.progress import init_complete
 from forecast.ensemble.store import ForecastStore, StoreError
 
 
-def init_times(start: str, end: str, every_hours: int = 24) -> list[str]:
+def init_times(start: str, end: str, every_hours: int = 24, step_hours: int | None = None) -> list[str]:
+    """Init times from `start` to `end` every `every_hours`; with `step_hours` (the archive's
+    time step) they must all be on its cadence: `start` on it and `every_hours` a multiple."""
     first, last = np.datetime64(start, "h"), np.datetime64(end, "h")
     if every_hours <= 0 or last < first:
         raise ValueError(f"need start <= end and every_hours > 0, got {start} .. {end} every {every_hours} h")
+    if step_hours is not None:
+        check_init_time(str(first), step_hours)
+        if every_hours % step_hours:
+            raise ValueError(
+                f"every_hours {every_hours} is not a multiple of the archive's {step_hours}-hour time step"
+            )
     return [str(t) for t in np.arange(first, last + np.timedelta64(1, "h"), np.timedelta64(every_hours, "h"))]
 
 
@@ -65,7 +74,7 @@ def hindcast_flow(
         raise ValueError(f"max_concurrent must be >= 1, got {max_concurrent}")
     store = str(Path(out_dir) / "hindcast.zarr")
     run_settings = dataclasses.asdict(RunSettings.from_dict(settings))
-    wanted = init_times(start, end, every_hours)
+    wanted = init_times(start, end, every_hours, Archive.open(archive).time_step_hours)
     done = completed_inits(store)
     todo = [t for t in wanted if t not in done]
     logger.info("%d init times, %d already complete, %d to run", len(wanted), len(wanted) - len(todo), len(todo))

@@ -216,12 +216,14 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
     if args.lead_hours is not None:
         settings = dc.replace(settings, lead_hours=args.lead_hours)
     from flows.hindcast import hindcast_flow, init_times
+    from forecast.archive import Archive
 
     start, end = _time(args.start, "--start"), _time(args.end, "--end")
     init_times(start, end, args.every_hours)  # bad ranges, archives and packages fail before the flow
     for date in args.mclimate or []:
         _time(date, "--mclimate")
     _check_inputs(args.archive, args.packages)
+    init_times(start, end, args.every_hours, Archive.open(args.archive).time_step_hours)  # on the archive's step
     result = hindcast_flow(
         args.archive,
         args.packages,
@@ -334,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--config", help="ingest config: a path, or a shipped config's name, e.g. ingest-era5-1deg.yaml")
     i.add_argument("--grid", help="target grid: NLATxNLON (e.g. 33x64) or degrees (e.g. 1.0)")
     i.add_argument("--channels", nargs="+", help="channels to keep (default: all found)")
-    i.add_argument("--time-step", type=int, help="archive time step in hours (default 6)")
+    i.add_argument("--time-step", type=int, help="archive time step in hours, dividing 24 (default 6)")
     i.add_argument("--member", type=int, help="ensemble member to take from ensemble files (default 0)")
     i.set_defaults(func=_cmd_ingest)
 
@@ -353,14 +355,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_stats)
 
     r = sub.add_parser("run", help="run a huge ensemble: packages x bred vectors x (+, -) from one init time")
-    r.add_argument("--archive", required=True, help="archive with the analyses (init time and 18 h before)")
+    r.add_argument(
+        "--archive", required=True, help="archive with the analyses (init time and, for bred vectors, 3 steps before)"
+    )
     r.add_argument("--packages", nargs="+", required=True, help="model package directories (one per checkpoint)")
     r.add_argument("--init-time", required=True, help="e.g. 2001-12-01T00")
     r.add_argument("--config", default=_shipped("ensemble.yaml"), help="run settings (options override)" + CONFIG_HELP)
     r.add_argument("--perturbations", type=int, help="perturbations per checkpoint, each used +/- (default 16)")
     r.add_argument("--perturbation", choices=["bred", "noise", "grf"], help="default bred")
-    r.add_argument("--lead-hours", type=int, help="default 360")
-    r.add_argument("--output-leads", type=int, nargs="+", help="lead hours to store (default: every step)")
+    r.add_argument("--lead-hours", type=int, help="default 360; a multiple of the archive's time step")
+    r.add_argument(
+        "--output-leads", type=int, nargs="+", help="lead hours to store (default: every step of the archive's)"
+    )
     r.add_argument("--channels", nargs="+", help="channels to store (default: all)")
     r.add_argument("--crop", type=float, nargs=4, metavar=("LAT_MIN", "LAT_MAX", "LON_MIN", "LON_MAX"))
     r.add_argument("--threshold", action="append", help="CHANNEL>VALUE: count members above it (repeatable)")
@@ -408,7 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--packages", nargs="+", required=True, help="model package directories")
     b.add_argument("--start", required=True, help="first init time, e.g. 2001-01-01T00")
     b.add_argument("--end", required=True, help="last init time")
-    b.add_argument("--every-hours", type=int, default=24, help="hours between init times (default 24)")
+    b.add_argument(
+        "--every-hours", type=int, default=24, help="hours between init times, a multiple of the archive's step (24)"
+    )
     b.add_argument("--out", required=True, help="directory of the hindcast store (hindcast.zarr)")
     b.add_argument("--config", default=_shipped("ensemble.yaml"), help="run settings" + CONFIG_HELP)
     b.add_argument("--perturbations", type=int, help="override the config's")

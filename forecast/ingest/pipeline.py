@@ -145,6 +145,41 @@ def _check_times(channel: str, pieces: list[Piece]) -> dict[np.datetime64, tuple
     return index
 
 
+# The time steps an archive may have: those that divide a day, so that every cycle hour and
+# every whole-day lead (the 24/48/72 h of skill.json) is a whole number of steps.
+TIME_STEPS = (1, 2, 3, 4, 6, 8, 12, 24)
+
+
+def fitting_steps(times: Sequence[np.datetime64]) -> list[int]:
+    """The archive time steps (hours, dividing 24) on which `times` form a series without gaps,
+    finest first. As ingest does, times off a step's cadence (00 UTC based) are left out; a
+    step that keeps a single time of several (or none) does not fit."""
+    hours = np.unique(np.asarray(times, dtype="datetime64[h]").astype(np.int64))
+    out = []
+    for step in TIME_STEPS:
+        on = hours[hours % step == 0]
+        if len(on) >= min(2, len(hours)) and np.all(np.diff(on) == step):
+            out.append(step)
+    return out
+
+
+def _step_hint(times: Sequence[np.datetime64], step: int, existing: bool) -> str:
+    """What to say about the time step when `times` do not fit a `step`-hour archive."""
+    fits = [s for s in fitting_steps(times) if s != step]
+    if not fits:
+        return (
+            f"; no time step of {', '.join(map(str, TIME_STEPS))} h makes these times gap-free: "
+            "the source is missing times"
+        )
+    s = fits[0]
+    if existing:
+        return (
+            f"; this archive steps {step} h and keeps that step: these times fit a new archive "
+            f"ingested with --time-step {s} (time_step_hours={s})"
+        )
+    return f"; these times are every {s} h: pass --time-step {s} (time_step_hours={s})"
+
+
 def _remove_store(location: str, storage_options: dict | None) -> None:
     fs, path = fsspec.core.url_to_fs(location, **(storage_options or {}))
     if fs.exists(path):
@@ -253,6 +288,10 @@ def ingest(
         else None
     )
     known = {s["checksum"] for s in existing.attrs.get("sources", [])} if existing else set()
+    if existing is None and int(time_step_hours) not in TIME_STEPS:
+        raise IngestError(
+            archive, None, f"time step {time_step_hours} h: it must divide 24 h ({', '.join(map(str, TIME_STEPS))})"
+        )
 
     opened: list[Source] = []
     skipped_sources: list[str] = []
@@ -309,19 +348,26 @@ def ingest(
                 f"missing times for channel {ch}: {len(lacking)} steps, first {lacking[0]} (other variables have them)",
             )
     times = np.array(sorted(all_times), dtype="datetime64[h]")
+    source_times = sorted(set().union(*indices.values()))  # before leaving out off-cadence ones
     dropped = len(indices[reference]) - len(times)
     if dropped:
         log.info("dropped %d time steps that are not on the %d-hour cadence", dropped, step)
     if len(times) == 0:
         p = fields[reference][0]
-        raise IngestError(p.file, p.variable, f"no time step falls on the {step}-hour cadence (00 UTC based)")
+        raise IngestError(
+            p.file,
+            p.variable,
+            f"no time step falls on the {step}-hour cadence (00 UTC based)"
+            + _step_hint(source_times, step, existing is not None),
+        )
     gaps = np.nonzero(np.diff(times) != np.timedelta64(step, "h"))[0]
     if len(gaps):
         g = gaps[0]
         raise IngestError(
             fields[reference][0].file,
             None,
-            f"missing times: gap between {times[g]} and {times[g + 1]} (expected every {step} h)",
+            f"missing times: gap between {times[g]} and {times[g + 1]} (expected every {step} h)"
+            + _step_hint(source_times, step, existing is not None),
         )
 
     skipped_times = 0

@@ -2,9 +2,11 @@
 
 Inside, the state is normalised with the archive statistics, the static fields (orography,
 land-sea mask) and the cosine of the solar zenith angle at the input time are appended as
-extra input channels, and the network predicts the 6-hour change in units of each channel's
-6-hour-difference std (residual prediction), or the normalised next state. All of that lives
-in buffers: the module has no hidden state and the same inputs give the same outputs.
+extra input channels, and the network predicts the change over one time step in units of each
+channel's one-step difference std (`diff_std`; residual prediction), or the normalised next
+state. All of that lives in buffers: the module has no hidden state and the same inputs give
+the same outputs. The time step is the archive's (`Archive.time_step_hours`, recorded in the
+package as `time_step_hours`): the module itself only sees the time of its input.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ def _spectral_transforms_in_float32(net: nn.Module) -> None:
 
 
 class ForecastModel(nn.Module):
-    """One 6-hour step: `model(state, time_hours) -> next state`, all in physical units.
+    """One time step (the training archive's, `time_step_hours` in the package config):
+    `model(state, time_hours) -> next state`, all in physical units.
 
     state: (batch, channel, lat, lon) float32; time_hours: (batch,) hours since 1970 of `state`.
     """
@@ -160,8 +163,9 @@ class ForecastModel(nn.Module):
             out = self.mean + self.std * y
         return torch.where(self.non_negative, out.clamp_min(0.0), out)
 
-    def rollout(self, state: torch.Tensor, time_hours: torch.Tensor, steps: int, step_hours: int = 6) -> torch.Tensor:
-        """(batch, steps + 1, channel, lat, lon): the state and `steps` autoregressive steps."""
+    def rollout(self, state: torch.Tensor, time_hours: torch.Tensor, steps: int, step_hours: int) -> torch.Tensor:
+        """(batch, steps + 1, channel, lat, lon): the state and `steps` autoregressive steps of
+        `step_hours` each (the model's time step: the package's `time_step_hours`)."""
         out = [state]
         for k in range(steps):
             state = self(state, time_hours + k * step_hours)

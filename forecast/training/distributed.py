@@ -1,8 +1,11 @@
 """Data-parallel training across processes (`torchrun`): gloo on CPU, NCCL on GPUs.
 
-Gradients are averaged with an all-reduce after each backward pass, so every rank applies the
-same update and the ranks' weights stay identical; `weight_digests` checks that they did.
-Outside `torchrun` (no WORLD_SIZE > 1) everything here is a no-op.
+The model is wrapped in torch's `DistributedDataParallel` (`wrap`): it broadcasts rank 0's
+weights when it wraps and averages the gradients during the backward pass (bucketed
+all-reduces, overlapped with the computation), so every rank applies the same update and the
+ranks' weights stay identical; `weight_digests` checks that they did. Every collective runs on
+the process group's device (`Ranks.device`: the rank's GPU under NCCL, the CPU under gloo).
+Outside `torchrun` (no WORLD_SIZE > 1) everything here is a no-op and the model is not wrapped.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclasses.dataclass(frozen=True)
 class Ranks:
     rank: int = 0
     world_size: int = 1
+    device: torch.device = torch.device("cpu")  # where this rank computes and its collectives run
 
     @property
     def enabled(self) -> bool:
@@ -32,18 +37,22 @@ class Ranks:
 def setup(device: torch.device) -> tuple[Ranks, torch.device]:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return Ranks(), device
+        return Ranks(device=device), device
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Ranks(dist.get_rank(), dist.get_world_size()), device
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, **({"device_id": device} if device.type == "cuda" else {}))
+    return Ranks(dist.get_rank(), dist.get_world_size(), device), device
 
 
-def teardown(ranks: Ranks) -> None:
+def teardown(ranks: Ranks, wait: bool = True) -> None:
+    """Leave the process group, after a barrier unless `wait` is False (when the last
+    collective has already run on every rank)."""
     if ranks.enabled and dist.is_initialized():
-        dist.barrier()
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -52,26 +61,30 @@ def barrier(ranks: Ranks) -> None:
         dist.barrier()
 
 
-def broadcast_parameters(module: torch.nn.Module, ranks: Ranks) -> None:
-    if ranks.enabled:
-        for t in list(module.parameters()) + list(module.buffers()):
-            dist.broadcast(t.data, src=0)
-
-
-def average_gradients(module: torch.nn.Module, ranks: Ranks) -> None:
-    if ranks.enabled:
-        for p in module.parameters():
-            if p.grad is not None:
-                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-                p.grad /= ranks.world_size
+def wrap(module: torch.nn.Module, ranks: Ranks) -> torch.nn.Module:
+    """`module` for the training steps: under DDP when there are several ranks (it must already
+    be on `ranks.device`), else itself. Keep the unwrapped module for everything but the
+    training forward pass: its state_dict has no `module.` prefixes, and its forward calls run
+    no collectives (validation and scoring may differ in length between ranks).
+    DDP broadcasts rank 0's parameters; its buffers (normalisation statistics, static fields)
+    are broadcast here once too, so every rank runs rank 0's model even if the ranks read the
+    archive's statistics at different moments. They never change, so they are not broadcast
+    again before every forward pass."""
+    if not ranks.enabled:
+        return module
+    for b in module.buffers():
+        dist.broadcast(b.data, src=0)
+    device_ids = [ranks.device.index] if ranks.device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
 
 
 def global_mean(total: float, count: int, ranks: Ranks) -> float | None:
     """Mean of per-rank sums over all ranks (None when no rank had any item)."""
     if ranks.enabled:
-        t = torch.tensor([total, float(count)], dtype=torch.float64)
+        t = torch.tensor([total, float(count)], dtype=torch.float64, device=ranks.device)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        total, count = float(t[0]), int(t[1])
+        total, count = (float(v) for v in t.cpu())
+        count = int(count)
     return total / count if count else None
 
 

@@ -2,12 +2,16 @@
 
 AdamW with linear warm-up and cosine decay (a pure function of the step, so nothing but the
 step count needs saving), gradient clipping, an area-weighted loss in units of each channel's
-6-hour-difference std with per-channel weights, validation each epoch on a held-out period,
+one-step difference std (`diff_std`) with per-channel weights, validation each epoch on a held-out period,
 then multi-step rollout fine-tuning. bf16 autocast on GPU.
 
 Resume: after every epoch the weights, the optimizer moments and the progress are written
 (safetensors + JSON, never pickle) under `OUT/.train/`. Batch order is a function of
 (seed, epoch), so a resumed run on the CPU reaches the same weights as an uninterrupted one.
+
+Data-parallel under `torchrun` with torch's DistributedDataParallel (gloo on CPU, NCCL on
+GPUs; see `forecast.training.distributed`); the checkpoint scores itself on its training
+device.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from forecast.grid import cell_area_weights
 from forecast.model import ForecastModel, ModelConfig, save_package
 from forecast.training import distributed
 from forecast.training.data import ArchiveWindows, model_from_archive
-from forecast.training.skill import climatology_map, score
+from forecast.training.skill import LEADS_HOURS, climatology_map, lead_steps, score
 
 log = logging.getLogger(__name__)
 _INIT_LOCK = threading.Lock()
@@ -56,14 +60,14 @@ class TrainConfig:
     channel_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     max_batches_per_epoch: int | None = 120  # bounds an epoch: the 2-core budget is 3 minutes
     skill_inits: int = 32  # validation initial times scored for skill.json
-    input_noise: float = 1.0  # training inputs get N(0, (input_noise x 6-h-difference std)²) noise
+    input_noise: float = 1.0  # training inputs get N(0, (input_noise x one-step difference std)²) noise
 
     def __post_init__(self):
         if not 2 <= self.finetune_rollout_steps <= 4 and self.finetune_epochs:
             raise ValueError(f"finetune_rollout_steps must be 2..4, got {self.finetune_rollout_steps}")
         if not 0 <= self.input_noise < 5:
             raise ValueError(
-                f"input_noise is in units of the 6-hour-difference std: 0 <= it < 5, got {self.input_noise}"
+                f"input_noise is in units of the one-step difference std: 0 <= it < 5, got {self.input_noise}"
             )
 
     @property
@@ -111,9 +115,12 @@ class WeightedLoss(torch.nn.Module):
         unknown = set(channel_weights) - set(model.channels)
         if unknown:
             raise ValueError(f"channel_weights name channels not in the model: {sorted(unknown)}")
-        area = torch.from_numpy(cell_area_weights(model.lat.numpy())).float()
+        # The weights are built on the CPU (numpy) and put beside the model's buffers, so the
+        # loss works whether the model is on the CPU or a GPU.
+        area = torch.from_numpy(cell_area_weights(model.lat.detach().cpu().numpy())).float()
         cw = torch.tensor([channel_weights.get(c, 1.0) for c in model.channels])
-        self.register_buffer("weights", (cw / cw.mean()).view(1, -1, 1, 1) * area.view(1, 1, -1, 1))
+        weights = (cw / cw.mean()).view(1, -1, 1, 1) * area.view(1, 1, -1, 1)
+        self.register_buffer("weights", weights.to(model.diff_std.device))
         self.register_buffer("scale", model.diff_std.detach().clone())
 
     def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -122,8 +129,20 @@ class WeightedLoss(torch.nn.Module):
 
 
 def _rollout_loss(
-    model, loss_fn, batch, device, autocast: bool, noise: float = 0.0, noise_seed: int = 0
+    model,
+    loss_fn,
+    batch,
+    device,
+    autocast: bool,
+    step_hours: int,
+    noise: float = 0.0,
+    noise_seed: int = 0,
+    forward=None,
 ) -> torch.Tensor:
+    """Mean loss over the batch's targets, stepping `step_hours` (the archive's time step) per
+    model call: the zenith angle of step k is that of the input time + k steps. `forward` is
+    what steps the state (the DDP-wrapped model in data-parallel training; default `model`)."""
+    forward = forward or model
     state = batch.state.to(device)
     if noise > 0:
         # Noisy inputs, clean targets: the model learns to pull perturbed states back towards
@@ -137,7 +156,7 @@ def _rollout_loss(
     total = 0.0
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
         for k in range(targets.shape[1]):
-            state = model(state, hours + 6.0 * k)
+            state = forward(state, hours + float(step_hours * k))
             total = total + loss_fn(state.float(), targets[:, k])
     return total / targets.shape[1]
 
@@ -196,6 +215,9 @@ def train(
     all epochs with the running loss (on the main rank)."""
     out = Path(out)
     work = out / ".train"
+    source = Archive.open(str(archive))
+    step_hours = source.time_step_hours  # the model steps as the archive does
+    lead_steps(LEADS_HOURS, step_hours)  # a step that skill.json cannot be scored at fails now, not after training
     ranks, dev = distributed.setup(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
     with _INIT_LOCK:  # the global RNG: checkpoints trained in threads must not interleave here
         torch.manual_seed(seed)
@@ -203,7 +225,7 @@ def train(
     model.to(dev)
     loss_fn = WeightedLoss(model, cfg.channel_weights).to(dev)
     optimizer = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    cfg = resolve_periods(cfg, Archive.open(str(archive)).times)
+    cfg = resolve_periods(cfg, source.times)
     train_sets = {
         k: ArchiveWindows(archive, cfg.train_start, cfg.train_end, k)
         for k in sorted({cfg.rollout_steps(e) for e in range(cfg.total_epochs)})
@@ -216,7 +238,9 @@ def train(
 
     total_steps = sum(batches_in(e) for e in range(cfg.total_epochs))
     progress = _load_state(work, model, optimizer) or {"epoch": -1, "step": 0, "history": []}
-    distributed.broadcast_parameters(model.net, ranks)
+    # Several ranks: DDP broadcasts rank 0's weights now and averages gradients in backward.
+    # `model` stays the unwrapped module (checkpoints, validation, scoring).
+    stepper = distributed.wrap(model, ranks)
     if progress["epoch"] >= 0:
         log.info("resuming %s after epoch %d (step %d)", out, progress["epoch"], progress["step"])
     autocast = dev.type == "cuda"
@@ -236,10 +260,11 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, progress["step"], total_steps)
             noise_seed = (seed * 1_000_003 + progress["step"]) * 64 + ranks.rank
-            loss = _rollout_loss(model, loss_fn, batch, dev, autocast, cfg.input_noise, noise_seed)
+            loss = _rollout_loss(
+                model, loss_fn, batch, dev, autocast, step_hours, cfg.input_noise, noise_seed, forward=stepper
+            )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            distributed.average_gradients(model.net, ranks)
+            loss.backward()  # under DDP, the gradients arrive averaged over the ranks
             torch.nn.utils.clip_grad_norm_(model.net.parameters(), cfg.grad_clip)
             optimizer.step()
             losses.append(loss.detach().item())
@@ -250,7 +275,7 @@ def train(
         model.eval()
         with torch.no_grad():
             vb = valid.batches(cfg.batch_size, seed=0, rank=ranks.rank, world_size=ranks.world_size)
-            vl = [float(_rollout_loss(model, loss_fn, b, dev, autocast)) for b in vb]
+            vl = [float(_rollout_loss(model, loss_fn, b, dev, autocast, step_hours)) for b in vb]
         record = {
             "epoch": epoch,
             "rollout_steps": data.rollout_steps,
@@ -279,20 +304,22 @@ def train(
         # Identical on every rank, or data-parallel training went wrong.
         "rank_weight_digests": distributed.weight_digests(model.net, ranks),
     }
+    # The digests were the last collective: leave the process group now, so the other ranks
+    # do not wait in a barrier (and trip a NCCL timeout) while rank 0 scores the checkpoint.
+    distributed.teardown(ranks, wait=False)
     if not ranks.is_main:
-        distributed.teardown(ranks)
         return progress
-    model = model.cpu()
     climatology = climatology_map(archive, cfg.train_start, cfg.train_end)
-    skill = score(model, archive, cfg.valid_start, cfg.valid_end, climatology, max_inits=cfg.skill_inits)
+    skill = score(
+        model, archive, cfg.valid_start, cfg.valid_end, climatology, max_inits=cfg.skill_inits, step_hours=step_hours
+    )
     save_package(
         model,
         out,
         static_raw=static,
         seed=seed,
-        time_step_hours=valid.archive.time_step_hours,
+        time_step_hours=step_hours,
         training=training,
         skill=skill,
     )
-    distributed.teardown(ranks)
     return progress
