@@ -97,7 +97,7 @@ class Plan:
     channel_index: np.ndarray
     lat_index: np.ndarray
     lon_index: np.ndarray
-    analyses: torch.Tensor  # (cycles + 1, channel, lat, lon): t - 18 h ... t (bred) or (1, ...)
+    analyses: torch.Tensor  # (cycles + 1, channel, lat, lon): t - 3 steps ... t (bred) or (1, ...)
     non_negative: torch.Tensor
 
     @property
@@ -139,6 +139,10 @@ def plan_run(archive: str, packages: Sequence[str], init_time: str | np.datetime
             f"{archive}: the run from {init} needs the analyses at {[str(w) for w in wanted]}; missing {missing}"
         )
     analyses = torch.from_numpy(np.asarray(a.fields.get_orthogonal_selection((where,)), np.float32))
+    from forecast.model.package import check_compatible, read_config
+
+    for p in packages:  # before any store exists: a package for other data is refused here
+        check_compatible(p, read_config(p), channels=a.channels, lat=a.grid.lat, lon=a.grid.lon, time_step_hours=step)
     names = [Path(p).resolve().name for p in packages]
     layout = Layout(tuple(names), settings.perturbations)
     if settings.lead_hours % step:

@@ -37,6 +37,7 @@ def climatology_map(archive: str, start: str | None, end: str | None, batch: int
     lo = 0 if start is None else int(np.searchsorted(times, np.datetime64(start, "h")))
     hi = len(times) if end is None else int(np.searchsorted(times, np.datetime64(end, "h"), side="right"))
     total = np.zeros(a.fields.shape[1:], np.float64)
+    batch = _batch_for(a.fields.shape[1:], batch)
     for i in range(lo, hi, batch):
         total += a.fields[i : min(i + batch, hi)].astype(np.float64).sum(axis=0)
     return (total / max(hi - lo, 1)).astype(np.float32)
@@ -55,9 +56,49 @@ def lead_steps(leads_hours: tuple[int, ...], step_hours: int) -> dict[int, int]:
     return {h: h // step_hours for h in leads_hours}
 
 
-def _rmse(err: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """err (init, channel, lat, lon) -> per-channel sqrt of the area- and init-mean square."""
-    return np.sqrt(np.einsum("ncij,i->c", err.astype(np.float64) ** 2, w) / (err.shape[0] * err.shape[3] * w.sum()))
+def _batch_for(field_shape, largest: int, fields_per_item: int = 3, budget: int = 2**30) -> int:
+    """Items per batch so that `fields_per_item` float32 fields per item stay within `budget`
+    bytes: the same batches as before at 5.625°, one or two windows at a time at 0.25°."""
+    field = 4 * int(np.prod(field_shape))
+    return max(1, min(largest, budget // (fields_per_item * field)))
+
+
+class _SquaredErrors:
+    """Per-channel sums of the cell-area-weighted squared error, per key (a kind and a lead):
+    RMSE over many initial times without keeping their error fields."""
+
+    def __init__(self, weights: np.ndarray):
+        self.w = weights
+        self.sums: dict = {}
+        self.counts: dict = {}
+
+    def add(self, key, err: np.ndarray) -> None:
+        """err (batch, channel, lat, lon)."""
+        part = np.einsum("ncij,i->c", err.astype(np.float64) ** 2, self.w)
+        self.sums[key] = self.sums.get(key, 0.0) + part
+        self.counts[key] = self.counts.get(key, 0.0) + err.shape[0] * err.shape[3] * self.w.sum()
+
+    def rmse(self, key) -> np.ndarray:
+        return np.sqrt(self.sums[key] / self.counts[key])
+
+
+def _targets(windows: ArchiveWindows, starts: np.ndarray, k: int) -> np.ndarray:
+    """The analyses k steps after each start (batch, channel, lat, lon): one step read at a time."""
+    return np.stack([np.asarray(windows.archive.fields[int(s) + k]) for s in starts])
+
+
+def _streamed_rollout(model, windows: ArchiveWindows, positions: np.ndarray, steps: int, step_hours: int, batch: int):
+    """Yield (k, starts, state k steps on (numpy), analyses at step k) for k = 0..steps, batch
+    by batch: memory is a batch of fields, not a batch of trajectories."""
+    device = next(model.parameters()).device
+    for i in range(0, len(positions), batch):
+        starts = windows.starts[positions[i : i + batch]]
+        state = torch.from_numpy(_targets(windows, starts, 0)).to(device)
+        hours = torch.from_numpy(windows.hours[starts].astype(np.float64)).to(device)
+        yield 0, starts, state.cpu().numpy(), None
+        for k in range(1, steps + 1):
+            state = model(state, hours + (k - 1) * step_hours)
+            yield k, starts, state.cpu().numpy(), _targets(windows, starts, k)
 
 
 @torch.no_grad()
@@ -73,29 +114,32 @@ def score(
     step_hours: int | None = None,
 ) -> dict:
     """RMSE per channel and lead for the model, persistence and climatology. The model steps
-    `step_hours` (default: the archive's time step) from each initial time."""
+    `step_hours` (default: the archive's time step) from each initial time; errors are summed
+    step by step, so memory is a batch of fields whatever the grid."""
     if step_hours is None:
         step_hours = Archive.open(str(archive)).time_step_hours
     k_of = lead_steps(leads_hours, step_hours)
+    lead_of = {k: h for h, k in k_of.items()}
     steps = max(k_of.values())
     windows = ArchiveWindows(archive, valid_start, valid_end, rollout_steps=steps)
     positions = spread(len(windows), max_inits)
     w = cell_area_weights(model.lat.cpu().numpy())
-    device = next(model.parameters()).device
-    errors = {kind: {h: [] for h in leads_hours} for kind in ("model", "persistence", "climatology")}
+    errors = _SquaredErrors(w)
     model.eval()
-    for i in range(0, len(positions), batch_size):
-        b = windows.read(positions[i : i + batch_size])
-        traj = model.rollout(b.state.to(device), b.time_hours.to(device), steps, step_hours).cpu().numpy()
-        for h in leads_hours:
-            k = k_of[h]
-            truth = b.targets[:, k - 1].numpy()
-            errors["model"][h].append(traj[:, k] - truth)
-            errors["persistence"][h].append(b.state.numpy() - truth)
-            errors["climatology"][h].append(climatology[None] - truth)
+    batch = _batch_for(climatology.shape, batch_size, fields_per_item=4)
+    initial = None
+    for k, _, state, truth in _streamed_rollout(model, windows, positions, steps, step_hours, batch):
+        if k == 0:
+            initial = state
+            continue
+        if k in lead_of:
+            h = lead_of[k]
+            errors.add(("model", h), state - truth)
+            errors.add(("persistence", h), initial - truth)
+            errors.add(("climatology", h), climatology[None] - truth)
     out: dict = {}
-    for kind, by_lead in errors.items():
-        table = {h: _rmse(np.concatenate(v), w) for h, v in by_lead.items()}
+    for kind in ("model", "persistence", "climatology"):
+        table = {h: errors.rmse((kind, h)) for h in leads_hours}
         out[kind] = {c: {str(h): float(table[h][j]) for h in leads_hours} for j, c in enumerate(model.channels)}
     stability = rollout_stability(model, archive, valid_start, valid_end, climatology, step_hours=step_hours)
     return {
@@ -136,17 +180,18 @@ def rollout_stability(
             return {"days": days, "skipped": f"the archive is shorter than {days} days"}
     positions = spread(len(windows), inits)
     w = cell_area_weights(model.lat.cpu().numpy())
-    device = next(model.parameters()).device
-    model_err, clim_err = [], []
-    for i in range(0, len(positions), 8):
-        b = windows.read(positions[i : i + 8])
-        traj = model.rollout(b.state.to(device), b.time_hours.to(device), steps, step_hours).cpu().numpy()[:, 1:]
-        truth = b.targets.numpy()
-        model_err.append(traj - truth)
-        clim_err.append(climatology[None, None] - truth)
-    m, c = np.concatenate(model_err), np.concatenate(clim_err)  # (init, lead, channel, lat, lon)
-    ratio = np.stack([_rmse(m[:, k], w) / np.maximum(_rmse(c[:, k], w), 1e-30) for k in range(steps)])
-    finite = bool(np.isfinite(m).all())
+    errors = _SquaredErrors(w)
+    finite = True
+    batch = _batch_for(climatology.shape, 8, fields_per_item=3)
+    for k, _, state, truth in _streamed_rollout(model, windows, positions, steps, step_hours, batch):
+        if k == 0:
+            continue
+        finite = finite and bool(np.isfinite(state).all())
+        errors.add(("model", k), state - truth)
+        errors.add(("climatology", k), climatology[None] - truth)
+    ratio = np.stack(
+        [errors.rmse(("model", k)) / np.maximum(errors.rmse(("climatology", k)), 1e-30) for k in range(1, steps + 1)]
+    )
     return {
         "days": days,
         "inits": len(positions),
