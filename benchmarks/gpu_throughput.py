@@ -1,8 +1,9 @@
 """Throughput of one ensemble block on the device: members x steps per second (issue #12).
 
 Needs only torch, torch-harmonics (and numpy) and this package's model and perturbation code
-(`forecast.model`, `forecast.ensemble.perturbation`, `forecast.grid`): no zarr, prefect, dask
-or xarray, so it runs on a bare GPU box (`PYTHONPATH=. python benchmarks/gpu_throughput.py`).
+(`forecast.model.network`, `forecast.ensemble.perturbation`, `forecast.grid`): no zarr,
+prefect, dask, xarray or safetensors, so it runs on a bare GPU box
+(`PYTHONPATH=. python benchmarks/gpu_throughput.py`).
 The model has random weights (speed does not depend on them) and the grid's shape.
 
 For each grid (default 5.625 deg = 33x64 and 0.25 deg = 721x1440) it builds the model, steps a
@@ -29,7 +30,28 @@ import numpy as np
 import torch
 
 from forecast.ensemble.perturbation import BredVectors, SphericalNoise, seed_spectrum
-from forecast.model import ForecastModel, ModelConfig
+
+
+def _model_module():
+    """forecast.model.network: through the package, or straight from its file where the
+    package's other imports (safetensors, for checkpoints) are not installed."""
+    try:
+        from forecast.model import network
+    except ImportError:
+        import importlib.util
+        import sys
+        from pathlib import Path
+
+        path = Path(__file__).resolve().parents[1] / "forecast" / "model" / "network.py"
+        spec = importlib.util.spec_from_file_location("forecast_model_network", path)
+        network = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = network  # dataclasses look their module up there
+        spec.loader.exec_module(network)
+    return network
+
+
+_network = _model_module()
+ForecastModel, ModelConfig = _network.ForecastModel, _network.ModelConfig
 
 FORECAST_STEPS = 60  # 15 days of 6-hour steps
 
