@@ -18,6 +18,7 @@ from forecast.ensemble.perturbation import (
     hemispheric_rescale,
     matern_spectrum,
     seed_spectrum,
+    spectral_truncation,
 )
 from forecast.grid import cell_area_weights
 
@@ -40,8 +41,8 @@ def _power(fields: np.ndarray) -> np.ndarray:
 )
 def test_noise_fields_follow_their_spectrum(spectrum):
     noise = SphericalNoise(LAT, NLON, spectrum)
-    fields = np.stack([noise.draw(s).numpy() for s in range(200)])
-    power = _power(fields)
+    fields = noise.fields(range(200))[:, 0].double()
+    power = _power(fields.numpy())
     ell = np.arange(len(power), dtype=float)
     expected = (2 * ell + 1) * spectrum(ell) ** 2  # power per degree: 2l + 1 modes of variance σ_l²
     sl = slice(2, 20)  # resolved degrees away from the grid's truncation edge
@@ -49,6 +50,57 @@ def test_noise_fields_follow_their_spectrum(spectrum):
     # one common normalisation; 200 draws of 2l+1 modes: a few % scatter per degree
     assert np.allclose(ratio / ratio.mean(), 1.0, atol=0.25), ratio / ratio.mean()
     assert power[0] < 1e-12 * power.sum()  # no global-mean offset
+    # isotropy: every order m of a degree has the same variance E|a_lm|² = σ_l² (a real field
+    # counts m >= 1 twice in P(l)); drawing re and im of m >= 1 each with variance σ_l² doubles
+    # them and halves the zonal modes' share: this ratio is then 0.5
+    sht = RealSHT(len(LAT), NLON, lmax=32, mmax=32, grid="equiangular", norm="ortho").double()
+    c = sht(fields).abs().square().mean(0).numpy()[sl, :] / spectrum(ell[sl])[:, None] ** 2
+    zonal, other = c[:, 0].mean(), np.mean([c[i, 1 : 3 + i].mean() for i in range(len(c))])
+    assert 0.85 < zonal / other < 1.15, zonal / other
+
+
+def test_noise_variance_does_not_depend_on_latitude():
+    """An isotropic field has the same pointwise variance everywhere (addition theorem): at the
+    poles only the zonal modes (m = 0) are non-zero, so if they are under-drawn the polar
+    variance falls to about half of the mid-latitude one."""
+    noise = SphericalNoise(LAT, NLON, seed_spectrum())
+    var = noise.fields(range(1000))[:, 0].double().square().mean((0, 2))
+    polar, rest = var[[0, -1]].mean(), var[4:-4].mean()
+    # 1000 draws per pole point (64 copies of one value): about 5 % scatter of the polar variance
+    assert 0.85 < float(polar / rest) < 1.15, float(polar / rest)
+
+
+def test_float32_synthesis_matches_float64():
+    """The measured claim behind float32 synthesis (benchmarks/bench_perturbation.py): the same
+    white coefficients give unit-RMS fields within 1e-5 of their RMS in both precisions."""
+    for spectrum in (seed_spectrum(), matern_spectrum()):
+        lo = SphericalNoise(LAT, NLON, spectrum)
+        hi = SphericalNoise(LAT, NLON, spectrum, dtype=torch.float64)
+        white = lo.white(range(16), 3)
+        f32, f64 = lo.synthesize(white), hi.synthesize(white.double())
+        assert f32.dtype == torch.float32 and f64.dtype == torch.float64
+        err = (f32.double() - f64).abs().amax((-2, -1))  # per field, in units of its RMS (1)
+        assert float(err.max()) < 1e-5, float(err.max())
+        assert float(err.max()) > 0  # really two precisions
+
+
+def test_the_seed_spectrum_tail_that_is_not_synthesised_is_negligible():
+    """The 500 km seed spectrum is synthesised up to the degree beyond which it holds 1e-8 of
+    the RMS (about l = 110 on any grid finer than that); a full-degree synthesis of the same
+    coefficients (the rest drawn too) differs by less than 1e-7 of the RMS."""
+    lat, nlon = np.linspace(90, -90, 181), 360
+    cut = SphericalNoise(lat, nlon, seed_spectrum(), dtype=torch.float64)
+    full = SphericalNoise(lat, nlon, seed_spectrum(), dtype=torch.float64, tail=0.0)
+    L = cut.amplitude.shape[0]
+    assert 100 <= L <= 120 and full.amplitude.shape[0] == 180
+    white = full.white(range(4))
+    white_cut = white[..., :L, :L, :].clone()
+    a, b = cut.synthesize(white_cut), full.synthesize(white)
+    assert float((a - b).abs().max()) < 1e-7
+    # a spectrum of finite but slowly falling power keeps every degree the grid resolves
+    ell = np.arange(180, dtype=float)
+    assert spectral_truncation(matern_spectrum()(ell), 1e-8) == 180
+    assert spectral_truncation(seed_spectrum()(ell), 1e-8) == L
 
 
 def test_seed_fields_of_different_members_are_uncorrelated():
@@ -58,7 +110,8 @@ def test_seed_fields_of_different_members_are_uncorrelated():
     assert len(set(seeds)) == 16
     noise = SphericalNoise(LAT, NLON, seed_spectrum())
     w = cell_area_weights(LAT)[:, None]
-    f = np.stack([noise.draw(s).numpy() for s in seeds])
+    block = noise.fields(seeds)[:, 0]  # the whole block in one draw, as the bred vectors do
+    f = block.double().numpy()
     cov = np.einsum("aij,bij->ab", f * w, f) / (w.sum() * NLON)
     r = cov / np.sqrt(np.outer(np.diag(cov), np.diag(cov)))
     off = np.abs(r[~np.eye(16, dtype=bool)])
@@ -69,6 +122,12 @@ def test_seed_fields_of_different_members_are_uncorrelated():
     # regenerable: the same (base seed, checkpoint, init, perturbation) gives the same field
     assert member_seed(7, "a", init, 3) == seeds[3]
     assert torch.equal(noise.draw(seeds[3]), noise.draw(seeds[3]))
+    # ... and a member's field does not depend on who shares its block: its white noise comes
+    # from its own generator, and the batched synthesis gives it the same values bit for bit
+    assert torch.equal(noise.white(seeds)[3], noise.white([seeds[3]])[0])
+    assert torch.equal(noise.white(seeds)[3], noise.white(seeds[2:4])[1])
+    assert torch.equal(block[3], noise.draw(seeds[3]))
+    assert torch.equal(block[3], noise.fields(seeds[2:4])[1, 0])
     assert member_seed(7, "b", init, 3) != seeds[3] and member_seed(8, "a", init, 3) != seeds[3]
 
 
@@ -86,6 +145,7 @@ def test_noise_perturbations_have_their_amplitude_and_do_not_depend_on_the_batch
         assert torch.allclose(rms[:, 1], torch.tensor(0.8, dtype=torch.float64), rtol=1e-5)
         assert (d[:, 2] == 0).all()  # channels without an amplitude are left alone
         assert torch.equal(p(analysis, [12])[0], d[1])  # a member alone = the member in a batch
+        assert torch.equal(p(analysis, [40, 12, 41, 42, 43, 44, 45, 46, 47])[1], d[1])  # ... in any batch
     with pytest.raises(ValueError, match="q850"):
         CorrelatedNoise(channels, LAT, NLON, {"q850": 1.0})
 
