@@ -258,18 +258,19 @@ def perturbation_for(plan: Plan, block: Block, model) -> object:
         start = float(to_hours(np.asarray([plan.init_time]))[0]) - BREEDING_CYCLES * plan.step_hours
         return BredVectors(model, plan.analyses, start, rmse, fraction=frac, step_hours=plan.step_hours)
     amplitudes = {c: frac * float(rmse[i]) for i, c in enumerate(model.channels)}
+    device = next(model.parameters()).device  # noise drawn where the model runs
     if kind == "noise":
-        return CorrelatedNoise(model.channels, lat, nlon, amplitudes)
-    return GaussianRandomField(model.channels, lat, nlon, amplitudes)
+        return CorrelatedNoise(model.channels, lat, nlon, amplitudes, device=device)
+    return GaussianRandomField(model.channels, lat, nlon, amplitudes, device=device)
 
 
 @torch.no_grad()
 def initial_members(plan: Plan, block: Block, model) -> torch.Tensor:
     """The block's perturbed initial states (block members, channel, lat, lon)."""
     seeds = plan.layout.seeds(block, plan.settings.base_seed, plan.init_time)
-    analysis = plan.analyses[-1]
+    analysis = plan.analyses[-1].to(next(model.parameters()).device)
     deltas = perturbation_for(plan, block, model)(analysis, seeds)
-    return compose(analysis, deltas.cpu(), plan.non_negative)
+    return compose(analysis, deltas, plan.non_negative)
 
 
 @torch.no_grad()

@@ -321,7 +321,7 @@ def hemispheric_rescale(
 class BredVectors:
     """Hemispheric-centred bred vectors (HENS, DESIGN §3.1) for one model.
 
-    `analyses`: (cycles + 1, channel, lat, lon), the analyses at t − 6·cycles h, ..., t − 6 h, t
+    `analyses`: (cycles + 1, channel, lat, lon), the analyses at t − cycles·step, ..., t − step, t
     (the last is the init-time analysis); `time_hours`: hours since 1970 of analyses[0];
     `rmse_48h`: (channel,) the package's 48-hour RMSE. The control trajectory is advanced
     once per cycle for all perturbations (not once per pair), and the bred vector returned is
