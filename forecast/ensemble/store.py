@@ -17,7 +17,9 @@ A run that keeps statistics only (`store_members=False`) creates no `fields` and
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -25,8 +27,13 @@ import zarr
 
 from forecast.archive import TIME_UNITS, from_hours, library_versions, to_hours
 from forecast.ensemble.members import Block, Layout
+from forecast.locks import store_lock
+from forecast.storage import local_root, remove_temp_files
 
 CONTRACT = "forecast-store/1"
+# The arrays whose chunks are written without the store lock: by a block's runner (`fields`,
+# `complete`) and by the keeper of an init time's statistics (`online_state`).
+UNLOCKED_CHUNKS = ("fields", "complete", "online_state")
 
 
 class StoreError(RuntimeError):
@@ -205,6 +212,67 @@ class ForecastStore:
 
     def read_member(self, init_index: int, member: int) -> np.ndarray:
         return self.group["fields"][init_index, member]
+
+    # -- after a kill -------------------------------------------------------------------------
+    def remove_stray_temp_files(
+        self, init_index: int, blocks: Sequence[Block] = (), *, online_state: bool = False
+    ) -> list[str]:
+        """Remove the temporary files that writes killed mid-way (SIGKILL, OOM) left in the
+        store (see forecast.storage: zarr renames a `<key>.<hex>.partial` file over each
+        object, and a kill before the rename leaves it). Call it before (re)running `blocks`
+        of init `init_index`; returns the store keys removed (and logs them).
+
+        What goes, and why no live writer can be hurt (a writer whose temporary file is
+        removed fails at its rename):
+
+        * the `fields` and `complete` chunks of the members of `blocks`: a block owns its
+          members' chunks, and the caller is the one process running these blocks now;
+        * with `online_state`, the init time's `online_state` chunk: pass it where this
+          process keeps the init time's persistent statistics (not a worker with private
+          ones, whose caller saves the state);
+        * under the store lock, those of every `zarr.json`, of the coordinates, of this init
+          time's part of the statistics arrays, and anything in a folder that is no array (one
+          whose creation was killed): every other write to the store is made holding that lock
+          (creating the store, adding an init time, creating or growing `online_state`, writing
+          the results). The chunks of `fields`, `complete` and `online_state`, written without
+          it, are left out of this part (`UNLOCKED_CHUNKS`).
+
+        The cost is a listing of the block's member folders and of the root, not of the store.
+        """
+        for name in UNLOCKED_CHUNKS:
+            if name in self.group:
+                encoding = self.group[name].metadata.chunk_key_encoding
+                if getattr(encoding, "separator", "/") != "/":
+                    raise StoreError(f"{self.location}: {name} uses chunk keys {encoding}, not the '/' separator")
+        i = int(init_index)
+        under = [f"fields/c/{i}/{m}" for b in blocks for m in range(b.start, b.stop)]
+        keys = [f"complete/c/{i}/{m}" for b in blocks for m in range(b.start, b.stop)]
+        if online_state:
+            keys.append(f"online_state/c/{i}/0")
+        removed = remove_temp_files(self.location, keys=keys, under=under, what=f"init index {i}")
+        if local_root(self.location) is None:  # an object store: nothing is left by a kill
+            return removed
+        with store_lock(self.location), warnings.catch_warnings():
+            # zarr warns of the very files this removes ("not recognized as a component")
+            warnings.filterwarnings("ignore", message="Object at .* is not recognized", category=UserWarning)
+            keys, under = ["zarr.json"], []
+            group = zarr.open_group(self.location, mode="r")  # as it is now, not when opened
+            arrays = dict(group.arrays())
+            for entry in sorted(Path(self.location).iterdir()):
+                if not entry.is_dir():
+                    continue
+                name = entry.name
+                keys.append(f"{name}/zarr.json")
+                if name in UNLOCKED_CHUNKS:  # their chunks are the blocks' and the state keeper's
+                    continue
+                if name not in arrays:  # not an array (yet): e.g. one whose creation was killed
+                    under.append(name)
+                elif (arrays[name].metadata.dimension_names or (None,))[0] == "init_time" and arrays[name].ndim > 1:
+                    under.append(f"{name}/c/{i}")  # this init time's part only: the others' is theirs
+                else:
+                    under.append(f"{name}/c")  # a coordinate: small
+            removed += remove_temp_files(self.location, keys=keys, under=under, what="shared parts")
+        return sorted(removed)
 
 
 def open_forecast(location: str) -> xr.Dataset:
