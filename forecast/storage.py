@@ -136,3 +136,41 @@ def remove_temp_files(
             ", ..." if len(removed) > 5 else "",
         )
     return removed
+
+
+def remove_init_temp_files(location, init_index: int, skip: Iterable[str] = (), what: str = "") -> list[str]:
+    """For a group of arrays along `init_time` (the forecast and the scores stores): remove the
+    temporary files of the root's and every array's `zarr.json`, of this init time's part of
+    each array whose first dimension is `init_time` (`NAME/c/INIT/...`), of every chunk of the
+    other arrays (coordinates: small), and anything in a folder that holds no array (one whose
+    creation was killed). The arrays `skip` are left out altogether (their `zarr.json`
+    excepted). The caller must be the one writer of all this: it holds the store's lock, or the
+    store has a single writer (see the callers). Costs a listing of the root and of this init
+    time's chunks, not of the store."""
+    import warnings
+
+    import zarr
+
+    root = local_root(location)
+    if root is None or not root.is_dir():
+        return []
+    skip = set(skip)
+    with warnings.catch_warnings():
+        # zarr warns of the very files this removes ("not recognized as a component")
+        warnings.filterwarnings("ignore", message="Object at .* is not recognized", category=UserWarning)
+        arrays = dict(zarr.open_group(str(root), mode="r").arrays())  # as it is now
+    keys, under = ["zarr.json"], []
+    for entry in sorted(root.iterdir()):
+        if not entry.is_dir():
+            continue
+        name = entry.name
+        keys.append(f"{name}/zarr.json")
+        if name in skip:
+            continue
+        if name not in arrays:
+            under.append(name)
+        elif (arrays[name].metadata.dimension_names or (None,))[0] == "init_time" and arrays[name].ndim > 1:
+            under.append(f"{name}/c/{int(init_index)}")
+        else:
+            under.append(f"{name}/c")
+    return remove_temp_files(location, keys=keys, under=under, what=what)

@@ -17,9 +17,7 @@ A run that keeps statistics only (`store_members=False`) creates no `fields` and
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -28,7 +26,7 @@ import zarr
 from forecast.archive import TIME_UNITS, from_hours, library_versions, to_hours
 from forecast.ensemble.members import Block, Layout
 from forecast.locks import store_lock
-from forecast.storage import local_root, remove_temp_files
+from forecast.storage import local_root, remove_init_temp_files, remove_temp_files
 
 CONTRACT = "forecast-store/1"
 # The arrays whose chunks are written without the store lock: by a block's runner (`fields`,
@@ -250,28 +248,10 @@ class ForecastStore:
         if online_state:
             keys.append(f"online_state/c/{i}/0")
         removed = remove_temp_files(self.location, keys=keys, under=under, what=f"init index {i}")
-        if local_root(self.location) is None:  # an object store: nothing is left by a kill
+        if local_root(self.location) is None:  # an object store: a kill leaves nothing
             return removed
-        with store_lock(self.location), warnings.catch_warnings():
-            # zarr warns of the very files this removes ("not recognized as a component")
-            warnings.filterwarnings("ignore", message="Object at .* is not recognized", category=UserWarning)
-            keys, under = ["zarr.json"], []
-            group = zarr.open_group(self.location, mode="r")  # as it is now, not when opened
-            arrays = dict(group.arrays())
-            for entry in sorted(Path(self.location).iterdir()):
-                if not entry.is_dir():
-                    continue
-                name = entry.name
-                keys.append(f"{name}/zarr.json")
-                if name in UNLOCKED_CHUNKS:  # their chunks are the blocks' and the state keeper's
-                    continue
-                if name not in arrays:  # not an array (yet): e.g. one whose creation was killed
-                    under.append(name)
-                elif (arrays[name].metadata.dimension_names or (None,))[0] == "init_time" and arrays[name].ndim > 1:
-                    under.append(f"{name}/c/{i}")  # this init time's part only: the others' is theirs
-                else:
-                    under.append(f"{name}/c")  # a coordinate: small
-            removed += remove_temp_files(self.location, keys=keys, under=under, what="shared parts")
+        with store_lock(self.location):
+            removed += remove_init_temp_files(self.location, i, skip=UNLOCKED_CHUNKS, what="shared parts")
         return sorted(removed)
 
 
