@@ -15,9 +15,11 @@ process when it likes, after `ready` appears: the other threads carry on until t
 the writer). `record` appends every matching key written to a
 file, line by line, so a rerun can show which objects it wrote.
 
-Run as a script it installs the hook and then the real command line, e.g.
+`install_save_file` does the same for the training loop's resumable state (safetensors).
+Run as a script it installs a hook and then the real command line, e.g.
 
     python tests/kill_at_write.py --store S.zarr --key 'fields/c/*' --nth 5 -- run --archive ...
+    python tests/kill_at_write.py --save-file 2 -- train --archive ...
 
 Only the write is faked; everything the process does before it is the real code.
 """
@@ -81,6 +83,30 @@ def install(
     _local._put = put
 
 
+def install_save_file(nth: int, *, partial: bool = True, then: str = "kill", ready=None) -> None:
+    """The same for the training loop's own temporary-then-rename writes: its `nth` call of
+    safetensors' `save_file` (forecast.training.loop's resumable state) writes half of the
+    file's bytes (or nothing), and the process stops before the loop's rename."""
+    from safetensors.torch import save
+
+    from forecast.training import loop
+
+    real = loop.save_file
+    seen = [0]
+
+    def save_file(tensors, filename, metadata=None):
+        seen[0] += 1
+        if seen[0] != nth:
+            return real(tensors, filename, metadata=metadata)
+        if partial:
+            data = save(tensors, metadata=metadata)
+            with open(filename, "wb") as f:
+                f.write(data[: len(data) // 2])
+        _stop(then, ready, str(filename))
+
+    loop.save_file = save_file
+
+
 def _stop(then: str, ready, key: str) -> None:
     if ready is not None:
         Path(ready).write_text(key)  # which object was cut short
@@ -91,8 +117,9 @@ def _stop(then: str, ready, key: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--store", required=True)
-    p.add_argument("--key", required=True, help="fnmatch pattern of store keys")
+    p.add_argument("--store")
+    p.add_argument("--key", help="fnmatch pattern of store keys")
+    p.add_argument("--save-file", type=int, help="instead: cut short the training state's Nth save")
     p.add_argument("--nth", type=int, default=None, help="the write to cut short (none: only record)")
     p.add_argument("--no-partial", action="store_true", help="write nothing of it (default: half, no rename)")
     p.add_argument("--then", default="kill", choices=["kill", "wait"])
@@ -102,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cli = args.cli[1:] if args.cli[:1] == ["--"] else args.cli
     partial = not args.no_partial
-    install(args.store, args.key, args.nth, partial=partial, then=args.then, ready=args.ready, record=args.record)
+    if args.save_file:
+        install_save_file(args.save_file, partial=partial, then=args.then, ready=args.ready)
+    else:
+        install(args.store, args.key, args.nth, partial=partial, then=args.then, ready=args.ready, record=args.record)
     from forecast.cli import main as forecast_main
 
     return forecast_main(cli)
