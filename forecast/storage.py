@@ -139,14 +139,14 @@ def remove_temp_files(
 
 
 def remove_init_temp_files(location, init_index: int, skip: Iterable[str] = (), what: str = "") -> list[str]:
-    """For a group of arrays along `init_time` (the forecast and the scores stores): remove the
+    """For a group of arrays along `init_time` with one writer at a time (the scores store; the
+    forecast store, written by processes in parallel, has finer rules of its own): remove the
     temporary files of the root's and every array's `zarr.json`, of this init time's part of
     each array whose first dimension is `init_time` (`NAME/c/INIT/...`), of every chunk of the
     other arrays (coordinates: small), and anything in a folder that holds no array (one whose
     creation was killed). The arrays `skip` are left out altogether (their `zarr.json`
-    excepted). The caller must be the one writer of all this: it holds the store's lock, or the
-    store has a single writer (see the callers). Costs a listing of the root and of this init
-    time's chunks, not of the store."""
+    excepted). The caller must be the one writer of all this. Costs a listing of the root and
+    of this init time's chunks, not of the store."""
     import warnings
 
     import zarr

@@ -54,44 +54,46 @@ def test_temp_files_go_by_key_and_by_subtree_and_nothing_else(tmp_path):
     assert remove_temp_files("s3://bucket/s.zarr", under=[""]) == []  # object stores leave none
 
 
-def test_the_forecast_store_removes_only_what_a_rerun_owns(tmp_path):
+def test_the_forecast_store_removes_only_what_the_caller_owns(tmp_path):
     layout = Layout(("a", "b"), 2)  # 8 members, blocks of one pair: [0, 2), [2, 4), ...
     blocks = layout.blocks(2)
     times = [np.datetime64("2001-01-01T00", "h"), np.datetime64("2001-01-02T00", "h")]
     lat, lon = np.linspace(90, -90, 3), np.arange(4) * 90.0
     store = ForecastStore.create(str(tmp_path / "f.zarr"), layout, times, [0, 6], ["t2m"], lat, lon, run={})
     store.write_lead(0, blocks[0], 0, np.ones((2, 1, 3, 4), np.float32))
-    store.group.create_array(
-        "ensemble_mean", shape=(2, 2, 1, 3, 4), chunks=(1, 1, 1, 3, 4), dtype="float32",
-        dimension_names=["init_time", "lead_time", "channel", "lat", "lon"],
-    )  # fmt: skip
+    g = store.group
+    g.create_array("ensemble_mean", shape=(2, 2, 1, 3, 4), chunks=(1, 1, 1, 3, 4), dtype="float32",
+                   dimension_names=["init_time", "lead_time", "channel", "lat", "lon"])  # fmt: skip
+    g.create_array("online_state", shape=(2, 64), chunks=(1, 64), dtype="uint8",
+                   dimension_names=["init_time", "state_bytes"])  # fmt: skip
+    g.create_array("online_commit", shape=(2, 2, 6), chunks=(1, 1, 6), dtype="int8",
+                   dimension_names=["init_time", "lead_time", "record"])  # fmt: skip
+    g.create_group("online").create_array("i0.l0.s0.moments.sum", shape=(4,), dtype="float64")
     root = Path(store.location)
-    mine = [
-        "fields/c/0/0/1/0/0/0",  # block 0 of init 0
-        "fields/c/0/1/0/0/0/0",
-        "complete/c/0/1",
-        "zarr.json",  # written under the store lock
-        "fields/zarr.json",
-        "ensemble_mean/c/0/1/0/0/0",
-        "init_time/c/0",
-        "half_made/zarr.json",  # an array whose creation was killed
-    ]
-    others = [
-        "fields/c/0/2/0/0/0/0",  # block 1: another worker's
-        "complete/c/0/2",
-        "fields/c/1/0/0/0/0/0",  # init 1: another run's
-        "complete/c/1/0",
-        "online_state/c/0/0",  # only with online_state=True
-        "ensemble_mean/c/1/0/0/0/0",
-    ]
-    temps = {key: leave_temp(root, key).relative_to(root).as_posix() for key in mine + others}
+    parts = {
+        "blocks": ["fields/c/0/0/1/0/0/0", "fields/c/0/1/0/0/0/0", "complete/c/0/1"],  # block 0 of init 0
+        "shared": ["zarr.json", "fields/zarr.json", "ensemble_mean/zarr.json", "online/zarr.json"]
+        + ["init_time/c/0", "lat/c/0", "half_made/zarr.json"],
+        "lead 1": ["ensemble_mean/c/0/1/0/0/0", "online_commit/c/0/1/0"],
+        "init 0": ["ensemble_mean/c/0/0/0/0/0", "online_commit/c/0/0/0", "online_state/c/0/0"],
+        "never": [
+            "fields/c/0/2/0/0/0/0",  # block 1: another worker's
+            "complete/c/0/2",
+            "fields/c/1/0/0/0/0/0",  # init 1: another run's
+            "complete/c/1/0",
+            "ensemble_mean/c/1/0/0/0/0",
+            "online_state/c/1/0",
+            "online/i0.l0.s0.moments.sum/c/0",  # a nested group: its writers' business
+        ],
+    }
+    temps = {key: leave_temp(root, key).relative_to(root).as_posix() for keys in parts.values() for key in keys}
 
-    removed = store.remove_stray_temp_files(0, [blocks[0]])
-    assert removed == sorted(temps[k] for k in mine)
-    assert sorted(find_temp_files(root, under=[""])) == sorted(temps[k] for k in others)
-    assert store.remove_stray_temp_files(0, online_state=True) == [temps["online_state/c/0/0"]]
+    def of(*names):
+        return sorted(temps[k] for n in names for k in parts[n])
+
+    assert store.remove_stray_temp_files(0, [blocks[0]]) == of("blocks", "shared")
+    assert store.remove_stray_temp_files(0, statistics=True, lead_index=1, shared=False) == of("lead 1")
+    assert store.remove_stray_temp_files(0, statistics=True) == of("init 0")
+    assert store.remove_stray_temp_files(0, [blocks[0]], statistics=True) == []  # nothing more of its own
+    assert sorted(find_temp_files(root, under=[""])) == of("never")
     np.testing.assert_array_equal(store.read_member(0, 1)[0], np.ones((1, 3, 4)))  # the chunks stay
-    # init 1, block 1: init 1's statistics go, not block 0's members of it nor block 1's of init 0
-    assert store.remove_stray_temp_files(1, [blocks[1]]) == [temps["ensemble_mean/c/1/0/0/0/0"]]
-    left = ["fields/c/0/2/0/0/0/0", "complete/c/0/2", "fields/c/1/0/0/0/0/0", "complete/c/1/0"]
-    assert sorted(find_temp_files(root, under=[""])) == sorted(temps[k] for k in left)
