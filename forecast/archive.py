@@ -10,6 +10,8 @@ complete. An append first grows the arrays, writes every new chunk, and only the
 `committed_times` (one atomic metadata write on a local store). `open_archive` shows only
 committed steps, so a crash mid-append leaves an archive that opens and looks exactly as before;
 the next append rewrites everything past the commit. A failed append rolls back to the commit.
+A write killed before zarr's rename leaves a temporary file beside its object (forecast.storage);
+the next append removes those of the objects it rewrites.
 """
 
 from __future__ import annotations
