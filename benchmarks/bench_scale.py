@@ -42,6 +42,10 @@ batch_size: 1
 max_batches_per_epoch: 2
 warmup_steps: 1
 skill_inits: 1
+train_start: 2000-01-01T00
+train_end: 2000-01-05T00
+valid_start: 2000-01-05T06   # window starts; 72-h skill windows reach the last step (8 days)
+valid_end: 2000-01-06T00
 """
 
 

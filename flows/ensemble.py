@@ -65,6 +65,7 @@ def ensemble_flow(
     run = RunSettings.from_dict(settings)
     plan = plan_run(archive, packages, init_time, run)
     store, init_index = open_or_create_store(plan, out)
+    store.remove_stray_temp_files(init_index)  # the shared parts; workers sweep their blocks and leads
     all_blocks = plan.layout.blocks(plan.block_size)
     # The block size is fixed here, once, so every worker cuts the same blocks.
     fixed = {**dataclasses.asdict(run), "block_size": plan.block_size}

@@ -10,6 +10,8 @@ complete. An append first grows the arrays, writes every new chunk, and only the
 `committed_times` (one atomic metadata write on a local store). `open_archive` shows only
 committed steps, so a crash mid-append leaves an archive that opens and looks exactly as before;
 the next append rewrites everything past the commit. A failed append rolls back to the commit.
+A write killed before zarr's rename leaves a temporary file beside its object (forecast.storage);
+the next append removes those of the objects it rewrites.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from zarr.core.sync import sync
 from forecast import __version__
 from forecast.grid import LatLonGrid, cell_area_weights
 from forecast.moments import Moments
+from forecast.storage import remove_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +218,23 @@ class Archive:
             if index.isdigit() and int(index) * per >= start:
                 sync(store.delete(key))
 
+    def _remove_temp_files(self, n: int, k: int) -> list[str]:
+        """Remove the temporary files a killed append left (forecast.storage): those of the
+        objects an append of `k` steps after commit `n` rewrites, i.e. the `fields` objects
+        from the one holding step n (the partly filled shard, which `_delete_chunks_from`
+        keeps) to the last, the `time` chunks from step n, and the `zarr.json` documents of
+        the root, `fields` and `time` (resizes and the commit). Objects past the commit,
+        temporary files included, are deleted by `_delete_chunks_from` anyway. Only these are
+        touched: an append is the one writer of `fields`, `time` and the commit (the commit
+        protocol admits one appender at a time), and readers leave no temporary files."""
+        prefix = f"{self.group.path + '/' if self.group.path else ''}"
+        per, tchunk = self.steps_per_object, self.group["time"].chunks[0]
+        last = max(n + k - 1, n)
+        keys = [self._object_key(i) for i in range(n // per, last // per + 1)]
+        keys += [f"{prefix}time/c/{j}" for j in range(n // tchunk, last // tchunk + 1)]
+        keys += [f"{prefix}{node}zarr.json" for node in ("", "fields/", "time/")]
+        return remove_temp_files(self.group.store, keys=keys, what="archive append")
+
     def _boundary_object(self, n: int) -> tuple[str, bytes | None] | None:
         """The stored object holding both committed steps and room for new ones (a partly
         filled shard), with its bytes, so that a rollback can put it back exactly."""
@@ -235,6 +255,7 @@ class Archive:
             return 0
         expected = self.fields.shape[1:]
         moments = self._running_moments()
+        self._remove_temp_files(n, k)
         self._delete_chunks_from(n)
         boundary = self._boundary_object(n)
         self.fields.resize((n + k, *expected))
@@ -257,6 +278,9 @@ class Archive:
             self.group["time"][n:] = to_hours(times)
         except BaseException:
             self.rollback(n, boundary)
+            # zarr removes its temporary file when a write raises an Exception, not on a
+            # KeyboardInterrupt or other BaseException
+            self._remove_temp_files(n, k)
             raise
         self.group.attrs.update(
             {
@@ -286,6 +310,14 @@ class Archive:
             else:
                 sync(self.group.store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
 
+    def _clear(self, name: str) -> None:
+        """Delete the array `name` before it is written anew, and the temporary files a killed
+        first write of it left where no array is yet (its writer, the ingest or `forecast
+        stats`, is the only one)."""
+        if name in self.group:
+            del self.group[name]
+        remove_temp_files(self.group.store, under=[f"{self.group.path + '/' if self.group.path else ''}{name}"])
+
     def write_static(self, name: str, values: np.ndarray, attrs: dict) -> None:
         if name not in STATIC_NAMES:
             raise ArchiveError(f"unknown static field {name!r}")
@@ -293,7 +325,7 @@ class Archive:
             old = self.group[name][:]
             if old.shape == values.shape and np.array_equal(old, values, equal_nan=True):
                 return
-            del self.group[name]
+        self._clear(name)
         arr = self.group.create_array(
             name,
             shape=values.shape,
@@ -338,14 +370,12 @@ class Archive:
             "diff_std": f"standard deviation of {self.time_step_hours}-hour differences",
         }
         for name, desc in descriptions.items():
-            if name in self.group:
-                del self.group[name]
+            self._clear(name)
             arr = self.group.create_array(
                 name, shape=(c,), dtype="float64", dimension_names=["channel"], attributes={"long_name": desc}
             )
             arr[:] = result[name]
-        if "statistics_sums" in self.group:
-            del self.group["statistics_sums"]
+        self._clear("statistics_sums")
         sums = self.group.create_array(
             "statistics_sums",
             shape=(4, c),

@@ -34,25 +34,6 @@ def world_two_years(tmp_path_factory) -> Path:
     return out
 
 
-def wait_for_members(proc, store: Path, count: int, timeout: float = 300) -> int:
-    """Poll a forecast store written by the running process `proc` until `count` members are
-    marked complete (or `proc` ends, or `timeout`); returns how many were."""
-    import time
-
-    from forecast.ensemble.store import ForecastStore
-
-    deadline, done = time.monotonic() + timeout, 0
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            done = int(ForecastStore.open(str(store)).group["complete"][:].sum())
-        except Exception:  # noqa: BLE001 (the store may not exist yet)
-            done = 0
-        if done >= count:
-            break
-        time.sleep(0.05)
-    return done
-
-
 def tree_digest(path: Path) -> dict[str, str]:
     """sha256 of every file under a directory: a byte-level snapshot of a store."""
     return {

@@ -4,7 +4,11 @@ scores offline from the stored members with the public functions: equal to 1e-10
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -19,6 +23,7 @@ from forecast.diagnostics.scores_store import open_scores
 from forecast.diagnostics.verify import diagnose, verification
 from forecast.ensemble.engine import RunSettings, run_ensemble
 from forecast.ensemble.store import ForecastStore
+from forecast.storage import find_temp_files
 
 INIT = "2001-11-20T00"
 HINDCASTS = ("2001-11-17T00", "2001-11-23T00")
@@ -150,3 +155,24 @@ def test_diagnose_cli_resumes_and_refuses_another_source(scored, world_archive, 
     assert main(other) == 2  # one clear line, no traceback
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "hindcast.zarr" in err and "Traceback" not in err
+
+
+def test_a_diagnose_killed_mid_chunk_write_rescores_and_leaves_nothing_stray(scored, world_archive, tmp_path):
+    out, cut = tmp_path / "killed_scores.zarr", tmp_path / "cut-short.txt"
+    tests = Path(__file__).resolve().parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests.parent), os.environ.get("PYTHONPATH", "")]))
+    # SIGKILL in the middle of the second CRPS-map chunk (lead 6 h): zarr's temporary file
+    # half written, not renamed (tests/kill_at_write.py)
+    hook = [sys.executable, str(tests / "kill_at_write.py"), "--store", str(out), "--key", "crps_map/c/*"]
+    hook += ["--nth", "2", "--ready", str(cut), "--", "-q", "diagnose", "--store", scored["members"]]
+    hook += ["--archive", world_archive, "--out", str(out)]
+    proc = subprocess.run(hook, env=env, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    assert len(find_temp_files(out, keys=[cut.read_text()])) == 1
+    assert open_scores(str(out)).sizes["init_time"] == 0  # the init time is not counted as scored
+
+    assert diagnose(scored["members"], world_archive, str(out), progress=False) == {"2001-11-20T00": 3}
+    again, reference = open_scores(str(out)), open_scores(scored["scores"])
+    for name in [*ONLINE_EQUALS_OFFLINE, "crps_ensemble"]:
+        np.testing.assert_array_equal(again[name].values, reference[name].values, err_msg=name)
+    assert [p for p in out.rglob("*") if ".partial" in p.name] == []

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tree_digest, wait_for_members
+from conftest import tree_digest
 
 from forecast.archive import Archive
 from forecast.ensemble.engine import RunSettings, run_ensemble
@@ -152,7 +152,22 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "forecast.cli", "-q", *args]
 
 
-def test_a_killed_run_resumes_only_missing_blocks_to_the_same_store(world_archive, world_packages, tmp_path):
+def _at_write(store: Path, key: str, *args: str) -> list[str]:
+    """The real `forecast` command line under tests/kill_at_write.py's hook on `store`."""
+    return [sys.executable, str(Path(__file__).parent / "kill_at_write.py"), "--store", str(store), "--key", key, *args]
+
+
+def _temp_files(store: Path) -> list[str]:
+    return sorted(str(p.relative_to(store)) for p in store.rglob("*") if ".partial" in p.name)
+
+
+class LeftBehind(AssertionError):
+    """Temporary files of a killed write still in the store after the rerun."""
+
+
+def test_a_run_killed_mid_chunk_write_resumes_only_missing_blocks_and_leaves_nothing_stray(
+    world_archive, world_packages, tmp_path
+):
     # The subprocess computes with this process's thread count: rounding depends on it.
     env = dict(
         os.environ,
@@ -160,33 +175,55 @@ def test_a_killed_run_resumes_only_missing_blocks_to_the_same_store(world_archiv
         OMP_NUM_THREADS=str(torch.get_num_threads()),
     )
     args = ["run", "--archive", world_archive, "--packages", *world_packages, "--init-time", INIT]
-    args += ["--perturbations", "4", "--lead-hours", "240", "--block-size", "2", "--device", "cpu"]
+    args += ["--perturbations", "4", "--lead-hours", "48", "--block-size", "2", "--device", "cpu"]
     args += ["--threshold", "t2m>285"]
+    leads, blocks = 9, 8  # 16 members in blocks of one +- pair, 18 member chunks each
     killed = tmp_path / "killed.zarr"
-    proc = subprocess.Popen(
-        _cli(*args, "--out", str(killed)), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    # SIGKILL in the middle of block 2's 9th chunk write: its temporary file half written,
+    # not renamed; blocks 0 and 1 are written and marked complete before it
+    cut = tmp_path / "cut-short.txt"
+    proc = subprocess.run(
+        _at_write(killed, "fields/c/*", "--nth", str(2 * 2 * leads + leads), "--ready", str(cut), "--", "-q", *args)
+        + ["--out", str(killed)],
+        env=env,
+        capture_output=True,
+        text=True,
     )
-    wait_for_members(proc, killed, 4)  # two blocks of two members
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    member = int(cut.read_text().split("/")[3])
+    assert member in (4, 5)
+    assert len(_temp_files(killed)) == 1 and _temp_files(killed)[0].startswith(cut.read_text() + ".")
     complete = ForecastStore.open(str(killed)).group["complete"][:]
-    assert 0 < complete.sum() < 16 and "ensemble_mean" not in ForecastStore.open(str(killed)).group
+    np.testing.assert_array_equal(complete[0], [1] * 4 + [0] * 12)
+    assert "ensemble_mean" not in ForecastStore.open(str(killed)).group
 
-    resumed = subprocess.run(_cli(*args, "--out", str(killed)), env=env, capture_output=True, text=True)
+    # the rerun (the real CLI; the hook only records) writes exactly the missing blocks' chunks
+    written = tmp_path / "written.txt"
+    resumed = subprocess.run(
+        _at_write(killed, "fields/c/*", "--record", str(written), "--", "-q", *args) + ["--out", str(killed)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    todo = 8 - int(complete.sum()) // 2
-    assert f"in 8 blocks of 2; {todo} blocks to run" in resumed.stderr
+    keys = written.read_text().split()
+    assert sorted(keys) == sorted(f"fields/c/0/{m}/{k}/0/0/0" for m in range(4, 2 * blocks) for k in range(leads))
     clean = tmp_path / "clean.zarr"
     subprocess.run(_cli(*args, "--out", str(clean)), env=env, check=True, capture_output=True)
+    stray = _temp_files(killed)
     a, b = tree_digest(killed), tree_digest(clean)
-    assert a.keys() == b.keys()
-    differ = [k for k in a if a[k] != b[k]]
+    assert a.keys() - set(stray) == b.keys()  # every object of the clean run, and no other
+    differ = [k for k in b if a[k] != b[k]]
     assert not differ, differ[:5]
 
     # regenerate: members recomputed from the store's record equal the stored ones bit for bit
     regen = subprocess.run(
-        _cli("regenerate", "--store", str(killed), "--member", "0", "13"), env=env, capture_output=True, text=True
+        _cli("regenerate", "--store", str(killed), "--member", "0", str(member)),
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert regen.returncode == 0, regen.stdout + regen.stderr
     assert regen.stdout.count("identical to the stored one") == 2
+    if stray:  # the half-written chunk's temporary file must be gone
+        raise LeftBehind(f"{killed}: {stray}")

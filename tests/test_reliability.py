@@ -1,6 +1,6 @@
 """Reliability of unattended runs: a member block that fails for good loses no other block
 (Dask flow); a second forecast run for the same init time is refused while one runs; a
-forecast flow killed mid-ensemble resumes on rerun."""
+forecast flow killed mid-ensemble (held at a chosen chunk write) resumes on rerun."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import wait_for_members
 
 from forecast.ensemble.engine import RunSettings, run_ensemble
 from forecast.ensemble.store import ForecastStore, open_forecast
@@ -67,23 +67,33 @@ def test_a_concurrent_forecast_flow_is_refused_and_a_killed_one_resumes(
     from forecast.locks import LockBusy
 
     init = "2001-11-05T00"
-    settings = {"perturbations": 4, "lead_hours": 96, "block_size": 2}
+    settings = {"perturbations": 4, "lead_hours": 48, "block_size": 2}
+    leads = 9  # 16 members in 8 blocks of one +- pair, 18 member chunks each
     out = tmp_path / "daily"
+    store = out / "forecast.zarr"
     env = dict(
         os.environ,
-        PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+        PYTHONPATH=os.pathsep.join([ROOT, str(Path(ROOT) / "tests"), os.environ.get("PYTHONPATH", "")]),
         PREFECT_API_URL=str(PREFECT_API_URL.value()),  # the test harness's server
         OMP_NUM_THREADS=str(torch.get_num_threads()),
     )
+    # The real flow, held at a chosen write (tests/kill_at_write.py): the first chunk of block
+    # 2's 5th lead, before any of it is written. Blocks 0 and 1 are then complete, nothing else.
+    paused = tmp_path / "paused-at.txt"
     code = (
+        "import kill_at_write\n"
+        f"kill_at_write.install({str(store)!r}, 'fields/c/*', {2 * 2 * leads + leads}, partial=False, then='wait', "
+        f"ready={str(paused)!r})\n"
         "from flows.daily import forecast_flow\n"
         f"forecast_flow({world_archive!r}, {world_packages!r}, {str(out)!r}, init_time={init!r}, settings={settings!r})"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)  # fmt: skip
-    store = out / "forecast.zarr"
-    wait_for_members(proc, store, 4)  # two of the eight blocks
-    assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+    log = tmp_path / "killed-run.log"  # a file, not a pipe: a full pipe would stall the run
+    with open(log, "wb") as f:
+        proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 600
+    while not paused.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert paused.exists() and proc.poll() is None, log.read_text()[-3000:]
     # a second real run for the same init time, while the first one writes: refused at once
     with pytest.raises(LockBusy, match="already running"):
         forecast_flow(world_archive, world_packages, str(out), init_time=init, settings=settings)
@@ -91,16 +101,18 @@ def test_a_concurrent_forecast_flow_is_refused_and_a_killed_one_resumes(
     assert proc.poll() is None
     proc.send_signal(signal.SIGKILL)  # as an OOM kill or a lost node would
     proc.wait()
-    kept = int(ForecastStore.open(str(store)).group["complete"][:].sum())
-    assert 4 <= kept < 16
+    complete = ForecastStore.open(str(store)).group["complete"][:]
+    np.testing.assert_array_equal(complete[0], [1] * 4 + [0] * 12)
     # the rerun is not refused (the dead run's lock died with it) and runs only the rest
     result = forecast_flow(world_archive, world_packages, str(out), init_time=init, settings=settings)
-    assert result["blocks_run"] == 8 - kept // 2 and result["members"] == 16
+    assert result["blocks_run"] == 6 and result["members"] == 16
     clean = tmp_path / "clean.zarr"
     run_ensemble(world_archive, world_packages, init, str(clean),
                  RunSettings(**settings, score=True), progress=False)  # fmt: skip
     a, b = open_forecast(str(store)), open_forecast(str(clean))
     scale = np.abs(b.fields.values).max()
+    np.testing.assert_array_equal(a.complete.values, b.complete.values)
     np.testing.assert_allclose(a.fields.values, b.fields.values, rtol=0, atol=1e-5 * scale)
     np.testing.assert_allclose(a.ensemble_variance.values, b.ensemble_variance.values, rtol=1e-4, atol=1e-6 * scale)
     assert Path(result["report"]).is_file() and not (out / f"failure-{init}.md").exists()
+    assert [str(p) for p in out.rglob("*") if ".partial" in p.name] == []  # nothing stray anywhere

@@ -17,6 +17,7 @@ import xarray as xr
 import zarr
 
 from forecast.archive import TIME_UNITS, from_hours, library_versions, to_hours
+from forecast.storage import remove_init_temp_files
 
 CONTRACT = "scores-store/1"
 
@@ -135,6 +136,15 @@ class ScoresStore:
                 attributes=attrs,
             )
         self.group[name][init_index, lead_index] = values
+
+    def remove_stray_temp_files(self, init_index: int) -> list[str]:
+        """Remove the temporary files that writes killed before their rename left (see
+        forecast.storage) in what scoring init `init_index` rewrites: its chunks of every
+        metric, the coordinates and every `zarr.json`. Call it before scoring that init time.
+        Safe because a scores store has one writer at a time: the diagnose flow holds the
+        store's lock while it scores (flows/diagnose.py); two `forecast diagnose` at once on
+        one scores store are not supported (they would lose each other's attribute writes)."""
+        return remove_init_temp_files(self.location, init_index, what=f"scores of init index {init_index}")
 
     def verified_leads(self, init_time: np.datetime64) -> set[int] | None:
         """Lead hours of `init_time` scored against an analysis (None: not recorded)."""

@@ -167,6 +167,7 @@ def diagnose(store: str, archive: str, out: str, rescore: bool = False, progress
         truth = verification(archive, valid[todo], channels, lat, lon)
         climate = load_mclimate(archive, init)
         j = scores.index(init)
+        scores.remove_stray_temp_files(j)  # a scoring of this init time killed mid-write
         verified = set(before)
         for n, k in enumerate(tqdm(todo, desc=f"scoring {key}", disable=not progress)):
             x = np.asarray(fs.group["fields"].get_orthogonal_selection((i, members, k)))

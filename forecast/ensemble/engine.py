@@ -479,6 +479,8 @@ def run_ensemble(
         plan.block_size,
         len(todo),
     )
+    # before the first write: what killed writes left in the chunks these blocks rewrite
+    store.remove_stray_temp_files(init_index, [w.block for w in todo if w.write_members])
     writer = Writer(plan, store, init_index, state)
     bar = tqdm(total=len(todo) * (plan.steps + 1) * plan.block_size, desc="member-steps", unit="", disable=not progress)
     try:

@@ -48,6 +48,7 @@ class OnlineState:
         self.store, self.init_index = store, init_index
         self.n_blocks, self.n_leads = n_blocks, n_leads
         self.accumulators = list(accumulators)
+        self._swept: set[int] = set()
         if "online_state" in store.group:
             raise ValueError(
                 f"{store.location}: this store keeps its statistics in the single-blob layout of an older "
@@ -87,6 +88,9 @@ class OnlineState:
         already): load, update, save to the other slot, commit. The lead's last block writes
         the lead's results instead."""
         with serialised(self._lock_path(lead_index)):
+            if lead_index not in self._swept:  # once per process: a kill leaves files only before it
+                self.store.remove_stray_temp_files(self.init_index, statistics=True, lead_index=lead_index, shared=False)
+                self._swept.add(lead_index)
             record = self._record(lead_index)
             if record[1] or record[_HEADER + block.index]:
                 return

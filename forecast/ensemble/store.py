@@ -17,7 +17,9 @@ A run that keeps statistics only (`store_members=False`) creates no `fields` and
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -25,8 +27,12 @@ import zarr
 
 from forecast.archive import TIME_UNITS, from_hours, library_versions, to_hours
 from forecast.ensemble.members import Block, Layout
+from forecast.locks import store_lock
+from forecast.storage import local_root, remove_temp_files
 
 CONTRACT = "forecast-store/1"
+# The arrays whose chunks belong to member blocks: each block writes its own members' chunks.
+MEMBER_ARRAYS = ("fields", "complete")
 
 
 class StoreError(RuntimeError):
@@ -205,6 +211,101 @@ class ForecastStore:
 
     def read_member(self, init_index: int, member: int) -> np.ndarray:
         return self.group["fields"][init_index, member]
+
+    # -- after a kill -------------------------------------------------------------------------
+    def remove_stray_temp_files(
+        self,
+        init_index: int,
+        blocks: Sequence[Block] = (),
+        *,
+        statistics: bool = False,
+        lead_index: int | None = None,
+        shared: bool = True,
+    ) -> list[str]:
+        """Remove the temporary files that writes killed mid-way (SIGKILL, OOM) left in the
+        store (forecast.storage: zarr renames a `<key>.<hex>.partial` file over each object,
+        and a kill before the rename leaves it; the rerun writes the object anew and the old
+        file would stay for good). Returns the store keys removed (and logs them).
+
+        Removing a live writer's temporary file would fail its rename, so each part is removed
+        only by the process that owns it, as the caller states:
+
+        * `blocks`: the `fields` and `complete` chunks of these blocks' members at
+          `init_index`. A block owns its members' chunks: pass the blocks this process is
+          about to (re)run, before their first write.
+        * `statistics`: the chunks at `init_index` (at `lead_index` only, if given, for arrays
+          along (init_time, lead_time)) of every other array along init_time: the online
+          state and commit records, the statistics and scores. Pass it only where this
+          process is their one writer at this moment: it keeps the init time's state (not a
+          worker whose statistics go back to its caller), or it holds the lock that serialises
+          writes of that (init, lead).
+        * `shared` (default): under the store lock (taken here), the `zarr.json` of the root
+          and of every top-level array or group, the chunks of arrays not along init_time
+          (coordinates) and of the 1-d `init_time`, and whatever is in a top-level folder that
+          holds no array or group yet (a creation cut short). All of these are written only
+          under the store lock: creating the store, adding an init time, creating or growing
+          an array. Nested groups' contents are left alone.
+
+        Each part costs a listing of the folders named, not of the store.
+        """
+        for name in MEMBER_ARRAYS:
+            if name in self.group:
+                encoding = self.group[name].metadata.chunk_key_encoding
+                if getattr(encoding, "separator", "/") != "/":
+                    raise StoreError(f"{self.location}: {name} uses chunk keys {encoding}, not the '/' separator")
+        i = int(init_index)
+        removed = []
+        if blocks:
+            members = [m for b in blocks for m in range(b.start, b.stop)]
+            removed += remove_temp_files(
+                self.location,
+                keys=[f"complete/c/{i}/{m}" for m in members],
+                under=[f"fields/c/{i}/{m}" for m in members],
+                what=f"blocks {[b.index for b in blocks]} of init index {i}",
+            )
+        if local_root(self.location) is None:  # an object store: a kill leaves nothing
+            return removed
+        if statistics or shared:
+            root = Path(self.location)
+            nodes = self._top_level_nodes()
+        if statistics:
+            under = []
+            for name, dims in nodes.items():
+                if name in MEMBER_ARRAYS or dims is None or len(dims) < 2 or dims[0] != "init_time":
+                    continue
+                if lead_index is None:
+                    under.append(f"{name}/c/{i}")
+                elif dims[1] == "lead_time":
+                    under.append(f"{name}/c/{i}/{int(lead_index)}")
+            what = f"statistics of init index {i}" + (f", lead index {lead_index}" if lead_index is not None else "")
+            removed += remove_temp_files(self.location, under=under, what=what)
+        if shared:
+            with store_lock(self.location):
+                nodes = self._top_level_nodes()  # as they are now, under the lock
+                keys, under = ["zarr.json"], []
+                for entry in sorted(p for p in root.iterdir() if p.is_dir()):
+                    name = entry.name
+                    keys.append(f"{name}/zarr.json")
+                    if name not in nodes:
+                        if not (entry / "zarr.json").exists():
+                            under.append(name)  # no node yet: a creation cut short
+                        continue
+                    dims = nodes[name]
+                    if dims is not None and (len(dims) < 2 or dims[0] != "init_time"):
+                        under.append(f"{name}/c")  # a coordinate or the init_time axis
+                removed += remove_temp_files(self.location, keys=keys, under=under, what="shared parts")
+        return sorted(removed)
+
+    def _top_level_nodes(self) -> dict[str, tuple | None]:
+        """name -> dimension names of each top-level array (None for a group), read afresh."""
+        with warnings.catch_warnings():
+            # zarr warns of the very files this removes ("not recognized as a component")
+            warnings.filterwarnings("ignore", message="Object at .* is not recognized", category=UserWarning)
+            group = zarr.open_group(self.location, mode="r")
+            out: dict[str, tuple | None] = {name: None for name, _ in group.groups()}
+            for name, arr in group.arrays():
+                out[name] = tuple(arr.metadata.dimension_names or (None,) * arr.ndim)
+        return out
 
 
 def open_forecast(location: str) -> xr.Dataset:
