@@ -89,7 +89,9 @@ class OnlineState:
         the lead's results instead."""
         with serialised(self._lock_path(lead_index)):
             if lead_index not in self._swept:  # once per process: a kill leaves files only before it
-                self.store.remove_stray_temp_files(self.init_index, statistics=True, lead_index=lead_index, shared=False)
+                self.store.remove_stray_temp_files(
+                    self.init_index, statistics=True, lead_index=lead_index, shared=False
+                )
                 self._swept.add(lead_index)
             record = self._record(lead_index)
             if record[1] or record[_HEADER + block.index]:
