@@ -24,9 +24,11 @@ happens after its last chunk: a build that stopped half-way reads as no M-climat
 rebuild drops the old record first.
 
 Side stores written before the tiling (one chunk per (target, lead_time), all latitudes) are
-still read (`load_mclimate`), but building into one is refused with a message: rewriting it
-tile by tile would decode a whole lead's quantiles per tile. Remove its `mclimate` group and
-build the target dates again (the message lists them).
+still read (`load_mclimate`), but building into one whose chunks are taller than
+`MAX_TILE_ROWS` (any grid but the smallest) is refused with a message: writing it tile by
+tile would decode and rewrite a whole lead's quantiles per tile, and rechunking it in place
+would hold one of those whole-lead chunks. Remove its `mclimate` group and build the target
+dates again (the message lists them).
 """
 
 from __future__ import annotations
@@ -141,7 +143,8 @@ def _read_rows(fields: zarr.Array, init: int, members: np.ndarray, lead: int, ro
     if not _plain_chunks(fields):
         return np.asarray(fields.get_orthogonal_selection((init, members, lead, slice(None), slice(a, b))), np.float32)
     channels, nlat, nlon = fields.shape[3:]
-    dtype = np.dtype(fields.dtype).newbyteorder("<" if fields.serializer.endian.value == "little" else ">")
+    endian = getattr(fields.serializer.endian, "value", "little")  # None for one-byte types
+    dtype = np.dtype(fields.dtype).newbyteorder("<" if endian == "little" else ">")
     size = (b - a) * nlon * dtype.itemsize
     out = np.full((len(members), channels, b - a, nlon), np.nan, np.float32)
     if b <= a:

@@ -2,7 +2,7 @@
 
 For each init time of the store and each lead time, the complete members are read (one lead
 at a time: memory is members x one lead's fields), the archive's analysis at the valid time is
-the verification, and the scores are computed with the public functions of
+the verification (read lead by lead too), and the scores are computed with the public functions of
 `forecast.diagnostics` (so the store holds exactly what a notebook computes):
 
 - `crps` (fair), `crps_ensemble` (the empirical-CDF estimator): area means per channel, and
@@ -13,7 +13,8 @@ the verification, and the scores are computed with the public functions of
 - the HENS spectra: `member_mean_spectrum`, `ensemble_mean_spectrum`,
   `perturbation_spectrum`, `verification_spectrum`;
 - with an M-climate for the init's calendar day in the archive's side store: `efi` and
-  `sot90` maps.
+  `sot90` maps, computed one latitude tile at a time (the side store's chunk rows) so that
+  only one tile of the lazily read M-climate is in memory.
 
 A valid time beyond the archive gives NaN scores for that lead (the forecast is not
 verifiable yet); a rerun after the archive grows rescoring only what is missing is the
