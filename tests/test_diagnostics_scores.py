@@ -209,3 +209,39 @@ def test_fair_brier_score_is_unbiased_for_a_perfect_ensemble_and_reliability_bin
     assert np.allclose(rel.forecast_probability, np.arange(5) / 4)
     assert np.allclose(rel.observed_frequency, (np.arange(5) + 1) / 6, atol=0.01)
     assert float(rel.weight.sum()) == n
+
+
+def _rank_histogram_per_point(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The rank histogram as first written: an (..., m + 1) array of shares per point, in
+    float64 (members (m, ...), observation (...))."""
+    x = np.moveaxis(np.asarray(x, np.float64), 0, -1)
+    y = np.asarray(y, np.float64)[..., None]
+    m = x.shape[-1]
+    ok = ~(np.isnan(y[..., 0]) | np.isnan(x).any(axis=-1))
+    below = (x < y).sum(axis=-1)
+    ties = (x == y).sum(axis=-1)
+    r = np.arange(m + 1)
+    inside = (r >= below[..., None]) & (r <= (below + ties)[..., None])
+    return np.where(inside & ok[..., None], 1.0 / (ties[..., None] + 1.0), 0.0)
+
+
+def test_rank_histogram_over_dims_sums_the_per_point_shares_without_keeping_them():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(7, 3, 20, 30)).astype(np.float32)
+    x[:, 2] = np.maximum(np.round(x[:, 2]), 0.0)  # many ties (dry points: all members and the truth 0)
+    y = rng.normal(size=(3, 20, 30)).astype(np.float32)
+    y[2] = np.maximum(np.round(y[2]), 0.0)
+    x[2, 0, 3, 4] = np.nan  # skipped points: a NaN member, a NaN observation
+    y[1, 5, 5] = np.nan
+    dims = ("member", "channel", "lat", "lon")
+    xa, ya = xr.DataArray(x, dims=dims), xr.DataArray(y, dims=dims[1:])
+    per_point = _rank_histogram_per_point(x, y)
+    np.testing.assert_array_equal(rank_histogram(xa, ya).values, per_point)
+    expected = per_point.sum(axis=(1, 2))
+    h = rank_histogram(xa, ya, dims=["lat", "lon"])
+    assert h.dims == ("channel", "rank") and h.values.sum() == pytest.approx(3 * 600 - 2, rel=1e-14)
+    np.testing.assert_array_equal(h.values[:2], expected[:2])  # no ties: integer counts, exact
+    np.testing.assert_allclose(h.values[2], expected[2], rtol=1e-13, atol=0)  # split ties: to rounding
+    assert (h.values[2] > 0).all() and (expected[2] > 0).all()
+    lazy = rank_histogram(xa.chunk({"lat": 7}), ya.chunk({"lat": 7}), dims=["lat", "lon"])
+    np.testing.assert_allclose(lazy.values, expected, rtol=1e-13, atol=0)

@@ -73,3 +73,23 @@ def test_member_mean_spectrum_is_the_mean_spectrum_plus_the_perturbation_spectru
         "verification_spectrum",
     }
     assert s.member_mean_spectrum.dims == ("lead", "l")
+
+
+def test_spectra_in_batches_of_fields_equal_one_transform(monkeypatch):
+    """`_power` bounds torch's temporaries by sending at most 64 MB of fields per transform
+    (every 5.625° field at once); smaller batches give the same spectra to rounding."""
+    from forecast.diagnostics import spectra
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(5, 3, 33, 64))
+    lmax = default_lmax(33, "equiangular")
+    whole = spectra._power(x, lmax, "equiangular")
+    sht = spectra._transform(33, 64, lmax, "equiangular")
+    with torch.no_grad():
+        c = sht(torch.from_numpy(x)).abs().square()
+    np.testing.assert_array_equal(whole, (c[..., 0] + 2.0 * c[..., 1:].sum(-1)).numpy())  # one batch here
+    monkeypatch.setattr(spectra, "_BATCH_BYTES", 4 * 33 * 64 * 8)  # 4 fields per call: 15 = 3 x 4 + 3
+    batched = spectra._power(x, lmax, "equiangular")
+    assert batched.shape == (5, 3, lmax)
+    np.testing.assert_allclose(batched, whole, rtol=1e-13, atol=0)
+    assert spectra._power(x[0, 0], lmax, "equiangular").shape == (lmax,)

@@ -18,7 +18,7 @@ import xarray as xr
 import zarr
 
 from forecast.diagnostics import crps, efi
-from forecast.diagnostics.mclimate import build_mclimate, hindcast_members, load_mclimate, side_store_path
+from forecast.diagnostics.mclimate import build_mclimate, hindcast_pool, load_mclimate, side_store_path
 from forecast.diagnostics.scores_store import open_scores
 from forecast.diagnostics.verify import diagnose, verification
 from forecast.ensemble.engine import RunSettings, run_ensemble
@@ -85,8 +85,8 @@ def test_m_climate_pools_the_hindcasts_within_the_window(scored, world_archive):
     np.testing.assert_array_equal(clim.values, np.moveaxis(expected, 0, 2))
     assert load_mclimate(world_archive, "2001-06-01T00") is None  # no M-climate for that day
     # the forecast's own date never enters its M-climate, even when a hindcast store holds it
-    used, samples, _ = hindcast_members([scored["hindcast"], scored["members"]], INIT, window_days=5)
-    assert sorted(used) == ["2001-11-17T00", "2001-11-23T00"] and samples.shape[0] == 24
+    pool = hindcast_pool([scored["hindcast"], scored["members"]], INIT, window_days=5)
+    assert sorted(pool.inits) == ["2001-11-17T00", "2001-11-23T00"] and pool.samples == 24
 
 
 def test_online_scores_equal_the_offline_diagnosis(scored):

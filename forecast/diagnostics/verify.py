@@ -2,7 +2,7 @@
 
 For each init time of the store and each lead time, the complete members are read (one lead
 at a time: memory is members x one lead's fields), the archive's analysis at the valid time is
-the verification, and the scores are computed with the public functions of
+the verification (read lead by lead too), and the scores are computed with the public functions of
 `forecast.diagnostics` (so the store holds exactly what a notebook computes):
 
 - `crps` (fair), `crps_ensemble` (the empirical-CDF estimator): area means per channel, and
@@ -13,7 +13,8 @@ the verification, and the scores are computed with the public functions of
 - the HENS spectra: `member_mean_spectrum`, `ensemble_mean_spectrum`,
   `perturbation_spectrum`, `verification_spectrum`;
 - with an M-climate for the init's calendar day in the archive's side store: `efi` and
-  `sot90` maps.
+  `sot90` maps, computed one latitude tile at a time (the side store's chunk rows) so that
+  only one tile of the lazily read M-climate is in memory.
 
 A valid time beyond the archive gives NaN scores for that lead (the forecast is not
 verifiable yet); a rerun after the archive grows rescoring only what is missing is the
@@ -97,19 +98,8 @@ def score_lead(
     put("crps_ensemble", ecdf, ("channel",))
     put("ensemble_mean_rmse", ensemble_mean_rmse(members, truth, weights=weights, dims=space), ("channel",))
     put("spread_skill_ratio", spread_skill_ratio(members, truth, weights=weights, dims=space), ("channel",))
-    x64 = members.astype(np.float64)
-    err2 = (x64.mean("member") - truth) ** 2
-    variance = x64.var("member", ddof=1).where(truth.notnull())
-    put(
-        "ensemble_mean_mse",
-        err2.weighted(weights).mean(space).assign_attrs(long_name="area-mean squared error of the ensemble mean"),
-        ("channel",),
-    )
-    put(
-        "ensemble_variance",
-        variance.weighted(weights).mean(space).assign_attrs(long_name="area-mean ensemble variance, ddof=1"),
-        ("channel",),
-    )
+    for name, da in _mean_square_parts(members, truth, weights).items():
+        put(name, da, ("channel",))
     hist = rank_histogram(members, truth, dims=space)
     put("rank_histogram", hist, ("channel", "rank"))
     outliers = outlier_fraction(hist)
@@ -120,9 +110,49 @@ def score_lead(
     for name, da in spectra.data_vars.items():
         put(name, da, ("channel", "l"))
     if climate is not None:
-        put("efi", efi(climate, members), ("channel", "lat", "lon"))
-        put("sot90", sot(climate, members, percentile=90), ("channel", "lat", "lon"))
+        for name, values, attrs in extremes_by_tile(climate, members):
+            out[name] = (("channel", "lat", "lon"), values, attrs)
     return out
+
+
+def _mean_square_parts(members: xr.DataArray, truth: xr.DataArray, weights: xr.DataArray) -> dict[str, xr.DataArray]:
+    """The area-mean squared error of the ensemble mean and ensemble variance (float64); a
+    function of its own so the members' float64 copy is gone before the next score."""
+    space = ["lat", "lon"]
+    x64 = members.astype(np.float64)
+    err2 = (x64.mean("member") - truth) ** 2
+    variance = x64.var("member", ddof=1).where(truth.notnull())
+    mse = err2.weighted(weights).mean(space)
+    mean_variance = variance.weighted(weights).mean(space)
+    return {
+        "ensemble_mean_mse": mse.assign_attrs(long_name="area-mean squared error of the ensemble mean"),
+        "ensemble_variance": mean_variance.assign_attrs(long_name="area-mean ensemble variance, ddof=1"),
+    }
+
+
+def extremes_by_tile(
+    climate: xr.DataArray, members: xr.DataArray, rows: int | None = None
+) -> list[tuple[str, np.ndarray, dict]]:
+    """`efi` and `sot90` (channel, lat, lon) of one lead, computed `rows` latitude rows at a
+    time (default: the climate's own chunk rows, else 8) so that only one tile of the
+    M-climate (101 quantiles per point: 8.8 GB per lead at 0.25° with 21 channels) and of the
+    functions' float64 temporaries is in memory. Both are per-point functions: the tiles give
+    exactly what the whole lead would."""
+    if rows is None:
+        chunks = climate.chunksizes.get("lat")  # empty for a numpy-backed climate
+        rows = int(chunks[0]) if chunks else 8
+    nlat = members.sizes["lat"]
+    shape = (members.sizes["channel"], nlat, members.sizes["lon"])
+    values = {"efi": np.empty(shape, np.float64), "sot90": np.empty(shape, np.float64)}
+    attrs: dict[str, dict] = {}
+    for a in range(0, nlat, rows):
+        tile = slice(a, min(a + rows, nlat))
+        clim = climate.isel(lat=tile).load()  # this tile of the (lazy) M-climate only
+        x = members.isel(lat=tile)
+        for name, da in (("efi", efi(clim, x)), ("sot90", sot(clim, x, percentile=90))):
+            values[name][:, tile] = da.transpose("channel", "lat", "lon").values
+            attrs[name] = dict(da.attrs)
+    return [(name, values[name], attrs[name]) for name in ("efi", "sot90")]
 
 
 def diagnose(store: str, archive: str, out: str, rescore: bool = False, progress: bool = True) -> dict:
@@ -164,19 +194,19 @@ def diagnose(store: str, archive: str, out: str, rescore: bool = False, progress
             )
             continue
         members = np.flatnonzero(complete)
-        truth = verification(archive, valid[todo], channels, lat, lon)
-        climate = load_mclimate(archive, init)
+        climate = load_mclimate(archive, init)  # lazy: read lead by lead, tile by tile
         j = scores.index(init)
         scores.remove_stray_temp_files(j)  # a scoring of this init time killed mid-write
         verified = set(before)
-        for n, k in enumerate(tqdm(todo, desc=f"scoring {key}", disable=not progress)):
+        for k in tqdm(todo, desc=f"scoring {key}", disable=not progress):
+            truth = verification(archive, valid[k : k + 1], channels, lat, lon)[0]  # one lead at a time
             x = np.asarray(fs.group["fields"].get_orthogonal_selection((i, members, k)))
             xa = xr.DataArray(x, dims=("member", "channel", "lat", "lon"), coords=coords)
-            ya = xr.DataArray(truth[n], dims=("channel", "lat", "lon"), coords=coords)
+            ya = xr.DataArray(truth, dims=("channel", "lat", "lon"), coords=coords)
             clim = None
             if climate is not None and int(leads[k]) in set(climate.lead_time.values.tolist()):
                 clim = climate.sel(lead_time=int(leads[k]), channel=channels).assign_coords(lat=lat, lon=lon)
-            if np.isfinite(truth[n]).any():
+            if np.isfinite(truth).any():
                 verified.add(int(leads[k]))
             for name, (dims, values, attrs) in score_lead(xa, ya, weights, clim, lmax).items():
                 scores.write(name, j, k, dims, values, _plain(attrs))
