@@ -35,8 +35,8 @@ import torch
 import xarray as xr
 import zarr
 
-from forecast.diagnostics.scores import _crps_sorted
-from forecast.diagnostics.spectra import _power, default_lmax
+from forecast.diagnostics.scores import _crps_sorted, _rank_sums
+from forecast.diagnostics.spectra import _power, _transform, default_lmax
 from forecast.ensemble.online import Result, combine_moments
 
 
@@ -103,18 +103,13 @@ class RankCounts:
         state["members"] += x.shape[0]
 
     def histogram(self, state, lead_index: int) -> np.ndarray:
-        """(channel, rank) counts over the grid, ties split evenly; m + 1 ranks."""
+        """(channel, rank) counts over the grid, ties split evenly; m + 1 ranks. The same sum
+        as `rank_histogram` (`_rank_sums`: a bincount, tied points in batches), so no
+        (points, m + 1) array."""
         m = int(state["members"])
-        below, ties = state["below"].numpy().astype(np.int64), state["ties"].numpy().astype(np.int64)
         ok = ~np.isnan(self.truth(lead_index))
-        share = np.where(ok, 1.0 / (ties + 1.0), 0.0)
-        # a difference array over ranks: +share at `below`, -share after `below + ties`
-        diff = np.zeros((*below.shape, m + 2))
-        np.put_along_axis(diff, below[..., None], share[..., None], axis=-1)
-        idx = (below + ties + 1)[..., None]
-        np.put_along_axis(diff, idx, np.take_along_axis(diff, idx, -1) - share[..., None], axis=-1)
-        per_point = np.cumsum(diff, axis=-1)[..., : m + 1]
-        return per_point.sum(axis=(-3, -2))
+        ties = np.where(ok, state["ties"].numpy(), np.nan)
+        return _rank_sums(state["below"].numpy(), ties, m, n_dims=2)
 
     def result(self, state, lead_index: int) -> Result:
         hist = self.histogram(state, lead_index)
@@ -154,12 +149,15 @@ class MeanSkill:
         combine_moments(state, members)
 
     def result(self, state, lead_index: int) -> Result:
-        y = self.truth(lead_index).astype(np.float64)
+        truth = self.truth(lead_index)
         m = float(state["count"])
-        mean, variance = state["mean"].numpy(), state["m2"].numpy() / (m - 1)
-        err2 = (mean - y) ** 2
-        rmse = np.sqrt(_area_mean(err2, self.weights))
-        spread = np.sqrt(_area_mean(np.where(np.isnan(err2), np.nan, variance), self.weights))
+        rmse, spread = np.empty(len(truth)), np.empty(len(truth))
+        for c in range(len(truth)):  # a channel at a time: a few fields in memory, not a few leads
+            y = truth[c].astype(np.float64)
+            err2 = (state["mean"][c].numpy() - y) ** 2
+            variance = np.where(np.isnan(err2), np.nan, state["m2"][c].numpy() / (m - 1))
+            rmse[c] = np.sqrt(_area_mean(err2, self.weights))
+            spread[c] = np.sqrt(_area_mean(variance, self.weights))
         with np.errstate(divide="ignore", invalid="ignore"):  # a perfect mean (lead 0 of centred pairs): inf
             ratio = np.sqrt((m + 1) / m) * spread / rmse
         return {
@@ -176,6 +174,9 @@ class SpectraSums:
     def __init__(self, truth: LeadVerification, grid: str = "equiangular", lmax: int | None = None):
         self.truth = truth
         self.grid, self.lmax = grid, lmax or default_lmax(truth.shape[1], grid)
+        # the transform's Legendre tables (0.7 GB at 0.25°, twice that while they are built)
+        # are made now, before the run's fields are in memory, not at the first update
+        _transform(truth.shape[1], truth.shape[2], self.lmax, grid)
 
     def empty(self) -> dict[str, torch.Tensor]:
         channels = self.truth.shape[0]
