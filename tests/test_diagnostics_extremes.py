@@ -75,3 +75,19 @@ def test_sot_percentiles_of_all_points_equal_numpy_per_point():
         warnings.simplefilter("ignore", RuntimeWarning)  # numpy warns on the all-NaN point
         for q in (1, 2, 10, 37.5, 50, 90, 98, 99):
             np.testing.assert_array_equal(_nan_percentile(ens, q), np.nanpercentile(ens, q, axis=-1))
+
+
+def test_efi_counts_by_comparison_equal_the_sorted_search(monkeypatch):
+    """Small ensembles count members <= each quantile by comparison, large ones by a sorted
+    search per point: the same integer counts, so the same EFI (NaN members and ties included)."""
+    from forecast.diagnostics import extremes
+
+    rng = np.random.default_rng(3)
+    clim = np.sort(np.round(rng.normal(size=(40, 101)), 1), axis=-1)
+    ens = np.round(rng.normal(0.3, 1.2, size=(40, 24)), 1)  # ties with the quantiles happen
+    ens[5, :3] = np.nan
+    compared = extremes._efi_core(clim, ens, -0.1)
+    monkeypatch.setattr(extremes, "SMALL_ENSEMBLE", 0)
+    searched = extremes._efi_core(clim, ens, -0.1)
+    assert np.array_equal(compared, searched)
+    assert np.isfinite(compared).all() and np.abs(compared).max() > 0.1

@@ -29,13 +29,25 @@ import xarray as xr
 SOT_BOUND = 10.0
 
 
+SMALL_ENSEMBLE = 128  # members up to which the EFI counts by comparison rather than by search
+
+
 def _efi_core(clim: np.ndarray, ens: np.ndarray, eps: float) -> np.ndarray:
     """clim (..., n+1) quantiles at 0..1, ens (..., m) -> EFI (...)."""
     clim = np.asarray(clim, np.float64)
     ens = np.asarray(ens, np.float64)
     valid = ~np.isnan(ens)
     m = valid.sum(-1)
-    members = np.sort(np.where(valid, ens, np.inf), axis=-1)
+    members = np.where(valid, ens, np.inf)
+    if ens.shape[-1] <= SMALL_ENSEMBLE:
+        # F at each level for all points at once, one member at a time: m x levels
+        # comparisons per point, no per-point Python (the search below costs ~1 s per 10^5
+        # points, 20 minutes for one 0.25° lead of 21 channels); the same integer counts
+        below = np.zeros(clim.shape, np.float64)
+        for i in range(ens.shape[-1]):
+            below += members[..., i, None] <= clim
+        return efi_from_counts(clim, below, m, eps)
+    members = np.sort(members, axis=-1)
     # F at each level: members <= quantile (sorted search per point; measured faster than one
     # stable sort of members and quantiles together for all points, benchmarks/bench_extremes.py)
     below = np.empty(clim.shape, np.float64)
