@@ -45,20 +45,10 @@ INIT = "2020-01-06T00"  # in the synthetic archive below, with three 6-hour cycl
 
 
 def _network():
-    """forecast.model.network, straight from its file where the model package's other imports
-    (safetensors, for checkpoints) are missing (a bare GPU box)."""
-    try:
-        from forecast.model import network
-    except ImportError:
-        import importlib.util
-        import sys
-        from pathlib import Path
+    """forecast.model.network: torch and torch-harmonics only (safetensors is imported by the
+    package functions that need it), so it loads on a bare GPU box."""
+    from forecast.model import network
 
-        path = Path(__file__).resolve().parents[1] / "forecast" / "model" / "network.py"
-        spec = importlib.util.spec_from_file_location("forecast_model_network", path)
-        network = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = network  # dataclasses look their module up there
-        spec.loader.exec_module(network)
     return network
 
 

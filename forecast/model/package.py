@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from forecast.model.network import ForecastModel, ModelConfig
 
@@ -81,6 +80,8 @@ def save_package(
         "training": training,
         "library_versions": _versions(),
     }
+    from safetensors.torch import save_file  # here, not at import: a bare GPU box runs the network without it
+
     _write(path / "weights.safetensors", lambda p: save_file(weights, p))
     _write(path / "buffers.safetensors", lambda p: save_file(buffers, p))
     _write(path / "config.json", lambda p: Path(p).write_text(json.dumps(config, indent=1)))
@@ -152,6 +153,8 @@ def load_package(path: str | Path, map_location: str = "cpu", **expect) -> tuple
     for name in ("weights.safetensors", "buffers.safetensors"):
         if not (path / name).is_file():
             raise PackageError(f"{path}: {name} is missing")
+    from safetensors.torch import load_file
+
     buffers = load_file(str(path / "buffers.safetensors"), device=map_location)
     absent = [b for b in BUFFERS if b not in buffers]
     if absent:
