@@ -6,7 +6,7 @@ folds one block's members at that lead into it, `result` turns a complete lead's
 arrays. The engine keeps the state of each (init time, lead) in the forecast store and
 updates it lead by lead (`forecast.ensemble.state`), so memory is one lead's state however
 many leads and members a run has, blocks computed by different processes combine through the
-store, and an interrupted run resumes. States are plain tensors (safetensors-free, no
+store, and an interrupted run resumes. States are plain tensors, kept as Zarr arrays (no
 pickle) whose shapes do not depend on the member count. The diagnostics add scores through
 the same protocol (`forecast.diagnostics.online`).
 """
