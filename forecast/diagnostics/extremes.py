@@ -71,23 +71,27 @@ def _nan_percentile(x: np.ndarray, q: float) -> np.ndarray:
     return np.where(n == 0, np.nan, out)
 
 
+def interval_integrals(levels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(p, J0, J1) for `levels` equally spaced quantile levels 0..1: over each interval,
+    J0 = ∫ dp / sqrt(p(1-p)) and J1 = ∫ p dp / sqrt(p(1-p)), from their closed forms."""
+    p = np.linspace(0.0, 1.0, levels)
+    d_acos = np.diff(np.arccos(np.sqrt(p)))
+    d_root = np.diff(np.sqrt(p * (1.0 - p)))
+    return p, -2.0 * d_acos, -d_root - d_acos
+
+
 def efi_from_counts(clim: np.ndarray, below: np.ndarray, m: np.ndarray, eps: float = -0.1) -> np.ndarray:
     """The EFI integral from `below` (..., n+1): how many of the m members are ≤ each climate
     quantile. Shared by `efi` and the engine's online EFI counts, so both are the same sum."""
     clim = np.asarray(clim, np.float64)
     below = np.asarray(below, np.float64)
     m = np.asarray(m)
-    n = clim.shape[-1] - 1
-    p = np.linspace(0.0, 1.0, n + 1)
+    p, j0, j1 = interval_integrals(clim.shape[-1])
     with np.errstate(invalid="ignore", divide="ignore"):
         frac = below / m[..., None]
     fa, fb = frac[..., :-1], frac[..., 1:]
     pa = p[:-1]
     slope = (fb - fa) / np.diff(p)
-    d_acos = np.diff(np.arccos(np.sqrt(p)))
-    d_root = np.diff(np.sqrt(p * (1.0 - p)))
-    j0 = -2.0 * d_acos  # ∫ dp / sqrt(p(1-p)) over each interval
-    j1 = -d_root - d_acos  # ∫ p dp / sqrt(p(1-p))
     pieces = (1.0 - slope) * j1 + (slope * pa - fa) * j0
     if eps > 0:
         counted = clim[..., 1:] > eps

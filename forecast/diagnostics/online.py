@@ -35,6 +35,7 @@ import torch
 import xarray as xr
 import zarr
 
+from forecast.diagnostics.extremes import interval_integrals
 from forecast.diagnostics.scores import _crps_sorted, _rank_sums
 from forecast.diagnostics.spectra import _power, _transform, default_lmax
 from forecast.ensemble.online import Result, combine_moments
@@ -174,9 +175,12 @@ class SpectraSums:
     def __init__(self, truth: LeadVerification, grid: str = "equiangular", lmax: int | None = None):
         self.truth = truth
         self.grid, self.lmax = grid, lmax or default_lmax(truth.shape[1], grid)
-        # the transform's Legendre tables (0.7 GB at 0.25°, twice that while they are built)
-        # are made now, before the run's fields are in memory, not at the first update
-        _transform(truth.shape[1], truth.shape[2], self.lmax, grid)
+
+    def prepare(self) -> None:
+        """Build the transform's Legendre tables (0.7 GB at 0.25°, twice that while they are
+        built) before a run's fields are in memory rather than at the first update; the engine
+        calls it only when it has blocks to run, so a finished run's rerun never builds them."""
+        _transform(self.truth.shape[1], self.truth.shape[2], self.lmax, self.grid)
 
     def empty(self) -> dict[str, torch.Tensor]:
         channels = self.truth.shape[0]
@@ -216,13 +220,8 @@ def efi_coefficients(levels: int) -> tuple[np.ndarray, float]:
     """(c_k, Σ_j J1_j) with EFI = (2/π)(Σ_j J1_j + Σ_k c_k F(p_k)) for F linear between the
     `levels` equally spaced quantile levels 0..1: the same integral as `efi_from_counts`
     (eps ≤ 0), rearranged by the F(p_k) it is linear in."""
-    p = np.linspace(0.0, 1.0, levels)
-    dp = np.diff(p)
-    d_acos = np.diff(np.arccos(np.sqrt(p)))
-    d_root = np.diff(np.sqrt(p * (1.0 - p)))
-    j0 = -2.0 * d_acos  # ∫ dp / sqrt(p(1-p)) over each interval
-    j1 = -d_root - d_acos  # ∫ p dp / sqrt(p(1-p))
-    g = (p[:-1] * j0 - j1) / dp  # the slope's coefficient on each interval
+    p, j0, j1 = interval_integrals(levels)
+    g = (p[:-1] * j0 - j1) / np.diff(p)  # the slope's coefficient on each interval
     c = np.zeros(levels)
     c[1:] += g
     c[:-1] -= g + j0

@@ -468,7 +468,10 @@ def run_ensemble(
     all_blocks = plan.layout.blocks(plan.block_size)
     mine = all_blocks if blocks is None else [all_blocks[i] for i in blocks]
     state = online_state(plan, store, init_index, out)
-    todo = catch_up(store, init_index, state, pending(store, init_index, state, mine))
+    work = pending(store, init_index, state, mine)
+    if work:
+        state.prepare()
+    todo = catch_up(store, init_index, state, work)
     log.info(
         "%s: %d members (%d checkpoints x %d perturbations x 2) in %d blocks of %d; %d blocks to run",
         out,

@@ -95,6 +95,12 @@ class OnlineState:
         return bool(self.records()[:, 1].all())
 
     # -- updating -------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Let the accumulators set up what their updates need (e.g. a transform's tables)."""
+        for acc in self.accumulators:
+            if hasattr(acc, "prepare"):
+                acc.prepare()
+
     def add(self, lead_index: int, block: Block, members: torch.Tensor) -> None:
         """Fold the block's members at this lead into the stored state (nothing if they are in
         already): load, update, save to the other slot, commit. The lead's last block writes
