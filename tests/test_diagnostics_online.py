@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import xarray as xr
 
 from forecast.diagnostics import area_weights, ensemble_mean_rmse, rank_histogram, spread_skill_ratio
-from forecast.diagnostics.online import ArrayVerification, MeanSkill, RankCounts
+from forecast.diagnostics.online import ArrayVerification, MeanSkill, RankCounts, SpectraSums
+from forecast.diagnostics.spectra import ensemble_spectra
+from forecast.ensemble.online import EnsembleMoments, check_reads, state_views
 
 LAT = np.linspace(80, -80, 9)
 
@@ -24,14 +27,18 @@ def _ensemble(m=12, leads=3, channels=2, seed=0):
 
 def _online(acc, members, blocks=((4, 8), (0, 4), (8, 12))):
     """Per lead: the blocks folded one after the other into one state (in any order, as
-    workers commit them), then the lead's result; results stacked over leads."""
+    workers commit them), then the lead's result; results stacked over leads. An accumulator
+    that reads the ensemble moments runs beside them, as in the engine."""
+    accs = [EnsembleMoments(members.shape[2:]), acc] if getattr(acc, "reads", ()) else [acc]
+    check_reads(accs)
     results = []
     for k in range(members.shape[1]):
-        state = acc.empty()
+        states = [a.empty() for a in accs]
         for lo, hi in blocks:
-            acc.update(state, k, torch.from_numpy(members[lo:hi, k]).float(), lo)
-        results.append(acc.result(state, k))
-    return {name: np.stack([r[name][1] for r in results]) for name in results[0]}, state
+            for a, view in zip(accs, state_views(accs, states), strict=True):
+                a.update(view, k, torch.from_numpy(members[lo:hi, k]).float(), lo)
+        results.append(acc.result(state_views(accs, states)[-1], k))
+    return {name: np.stack([r[name][1] for r in results]) for name in results[0]}, states[-1]
 
 
 def test_online_rank_histogram_equals_the_offline_one():
@@ -54,7 +61,8 @@ def test_online_mean_skill_equals_the_offline_scores():
     members, verification = _ensemble(seed=1)
     members = members.astype(np.float32).astype(np.float64)
     w = area_weights(LAT)
-    result, _ = _online(MeanSkill(ArrayVerification(verification), w.values), members)
+    result, state = _online(MeanSkill(ArrayVerification(verification), w.values), members)
+    assert state == {}  # it reads the run's moments: no second copy of the mean and M2
     dims = ("member", "lead", "channel", "lat", "lon")
     x = xr.DataArray(members, dims=dims, coords={"lat": LAT})
     y = xr.DataArray(verification, dims=dims[1:], coords={"lat": LAT})
@@ -62,3 +70,23 @@ def test_online_mean_skill_equals_the_offline_scores():
     ssr = spread_skill_ratio(x, y, weights=w, dims=["lat", "lon"])
     assert np.allclose(result["ensemble_mean_rmse"], rmse.values, rtol=1e-10, atol=0)
     assert np.allclose(result["spread_skill_ratio"], ssr.values, rtol=1e-10, atol=0)
+
+
+def test_online_spectra_equal_the_offline_ones():
+    members, verification = _ensemble(m=12, leads=2, seed=2)
+    members = members.astype(np.float32).astype(np.float64)
+    verification = np.nan_to_num(verification)
+    result, state = _online(SpectraSums(ArrayVerification(verification)), members)
+    assert state.keys() == {"power_sum"}  # the ensemble mean is read from the moments
+    dims = ("member", "lead", "channel", "lat", "lon")
+    offline = ensemble_spectra(xr.DataArray(members, dims=dims), xr.DataArray(verification, dims=dims[1:]))
+    for name in ("member_mean_spectrum", "ensemble_mean_spectrum", "perturbation_spectrum", "verification_spectrum"):
+        expected = offline[name].transpose("lead", "channel", "l").values
+        for c in range(expected.shape[1]):  # per channel
+            scale = np.abs(expected[:, c]).max()
+            assert np.abs(result[name][:, c] - expected[:, c]).max() <= 1e-12 * scale, (name, c)
+
+
+def test_a_score_that_reads_the_moments_needs_them():
+    with pytest.raises(ValueError, match=r"mean_skill reads the state of \['moments'\]"):
+        check_reads([MeanSkill(ArrayVerification(np.zeros((1, 1, 9, 16))), np.ones(9))])

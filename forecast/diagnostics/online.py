@@ -8,11 +8,13 @@ with the member count:
 - `RankCounts`: per point, how many members fell below the verification and how many tied
   with it; the rank histogram (ties split evenly, as `rank_histogram`) and the outlier
   fraction follow exactly.
-- `MeanSkill`: member count, mean and M2 per point (float64, Chan's pairwise update, as
-  `EnsembleMoments`); the ensemble-mean RMSE and the spread-skill ratio follow with area
-  weights, equal to the offline functions on the same members.
-- `SpectraSums`: the member sum of every field and of every member's power spectrum; the
-  member-mean, ensemble-mean and perturbation spectra follow (the last by DESIGN §3.3's identity).
+- `MeanSkill`: no state of its own; it reads the run's `EnsembleMoments` (count, mean and
+  M2 per point, float64, Chan's pairwise update), and the ensemble-mean RMSE and the
+  spread-skill ratio follow with area weights, equal to the offline functions on the same
+  members.
+- `SpectraSums`: the member sum of every member's power spectrum, and the ensemble mean read
+  from the moments; the member-mean, ensemble-mean and perturbation spectra follow (the last
+  by DESIGN §3.3's identity).
 - `EFIWeights`: the EFI is linear in F(p_k), the fraction of members ≤ each M-climate
   quantile (F linear between levels), so EFI = (2/π)(Σ_j J1_j + Σ_k c_k·below_k / m) with
   constant c_k: one float64 sum per point replaces 101 counts per point. The climate is read
@@ -38,7 +40,7 @@ import zarr
 from forecast.diagnostics.extremes import interval_integrals
 from forecast.diagnostics.scores import _crps_sorted, _rank_sums
 from forecast.diagnostics.spectra import _power, _transform, default_lmax
-from forecast.ensemble.online import Result, combine_moments
+from forecast.ensemble.online import EnsembleMoments, Result
 
 
 class LeadVerification:
@@ -132,31 +134,31 @@ def _area_mean(field: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 class MeanSkill:
+    """The ensemble-mean RMSE and the spread-skill ratio from the run's ensemble moments
+    (`reads` them: no state of its own)."""
+
     name = "mean_skill"
+    reads = (EnsembleMoments.name,)
 
     def __init__(self, truth: LeadVerification, area_weights: np.ndarray):
         self.truth = truth
         self.weights = np.asarray(area_weights, np.float64)  # per latitude row
 
     def empty(self) -> dict[str, torch.Tensor]:
-        shape = self.truth.shape
-        return {
-            "count": _scalar(0.0),
-            "mean": torch.zeros(shape, dtype=torch.float64),
-            "m2": torch.zeros(shape, dtype=torch.float64),
-        }
+        return {}
 
     def update(self, state, lead_index: int, members: torch.Tensor, first: int = 0) -> None:
-        combine_moments(state, members)
+        pass  # the moments it reads are updated by their own accumulator
 
     def result(self, state, lead_index: int) -> Result:
         truth = self.truth(lead_index)
-        m = float(state["count"])
+        m = float(state["moments.count"])
+        mean, m2 = state["moments.mean"], state["moments.m2"]
         rmse, spread = np.empty(len(truth)), np.empty(len(truth))
         for c in range(len(truth)):  # a channel at a time: a few fields in memory, not a few leads
             y = truth[c].astype(np.float64)
-            err2 = (state["mean"][c].numpy() - y) ** 2
-            variance = np.where(np.isnan(err2), np.nan, state["m2"][c].numpy() / (m - 1))
+            err2 = (mean[c].numpy() - y) ** 2
+            variance = np.where(np.isnan(err2), np.nan, m2[c].numpy() / (m - 1))
             rmse[c] = np.sqrt(_area_mean(err2, self.weights))
             spread[c] = np.sqrt(_area_mean(variance, self.weights))
         with np.errstate(divide="ignore", invalid="ignore"):  # a perfect mean (lead 0 of centred pairs): inf
@@ -168,9 +170,11 @@ class MeanSkill:
 
 
 class SpectraSums:
-    """Member sums of fields and of spectra: the HENS spectra without the members."""
+    """The member sum of spectra, and the ensemble mean it `reads` from the run's moments:
+    the HENS spectra without the members."""
 
     name = "spectra"
+    reads = (EnsembleMoments.name,)
 
     def __init__(self, truth: LeadVerification, grid: str = "equiangular", lmax: int | None = None):
         self.truth = truth
@@ -183,23 +187,16 @@ class SpectraSums:
         _transform(self.truth.shape[1], self.truth.shape[2], self.lmax, self.grid)
 
     def empty(self) -> dict[str, torch.Tensor]:
-        channels = self.truth.shape[0]
-        return {
-            "field_sum": torch.zeros(self.truth.shape, dtype=torch.float64),
-            "power_sum": torch.zeros((channels, self.lmax), dtype=torch.float64),
-            "count": _scalar(0.0),
-        }
+        return {"power_sum": torch.zeros((self.truth.shape[0], self.lmax), dtype=torch.float64)}
 
     def update(self, state, lead_index: int, members: torch.Tensor, first: int = 0) -> None:
         x = members.detach().to("cpu", torch.float64)
-        state["field_sum"] += x.sum(0)
         state["power_sum"] += torch.from_numpy(_power(x.numpy(), self.lmax, self.grid).sum(0))
-        state["count"] += x.shape[0]
 
     def result(self, state, lead_index: int) -> Result:
-        n = float(state["count"])
+        n = float(state["moments.count"])
         member_mean = state["power_sum"].numpy() / n
-        ensemble_mean = _power(state["field_sum"].numpy() / n, self.lmax, self.grid)
+        ensemble_mean = _power(state["moments.mean"].numpy(), self.lmax, self.grid)
         y = self.truth(lead_index).astype(np.float64)
         verification = _power(np.nan_to_num(y), self.lmax, self.grid)
         verification[np.isnan(y).any((-2, -1))] = np.nan

@@ -16,6 +16,8 @@ import torch
 import xarray as xr
 from torch_harmonics import RealSHT
 
+from forecast.harmonics import build
+
 
 def default_lmax(nlat: int, grid: str) -> int:
     return nlat if grid == "legendre-gauss" else (nlat + 1) // 2
@@ -24,7 +26,7 @@ def default_lmax(nlat: int, grid: str) -> int:
 @functools.lru_cache(maxsize=8)
 def _transform(nlat: int, nlon: int, lmax: int, grid: str) -> RealSHT:
     mmax = min(lmax, nlon // 2 + 1)
-    return RealSHT(nlat, nlon, lmax=lmax, mmax=mmax, grid=grid, norm="ortho").double()
+    return build(RealSHT, nlat, nlon, lmax=lmax, mmax=mmax, grid=grid, norm="ortho").double()
 
 
 _BATCH_BYTES = 64 << 20  # float64 fields per transform call: bounds torch's temporaries

@@ -31,6 +31,7 @@ import torch
 from torch_harmonics import InverseRealSHT
 
 from forecast.grid import cell_area_weights
+from forecast.harmonics import build
 
 EARTH_RADIUS_M = 6_371_000.0
 SEED_LENGTH_SCALE_M = 500_000.0
@@ -108,7 +109,7 @@ class SphericalNoise(torch.nn.Module):
         ell = np.arange(modes, dtype=np.float64)
         s = np.asarray(sigma(ell), np.float64)
         lmax = spectral_truncation(s, tail) if tail > 0 else modes
-        self.isht = InverseRealSHT(nlat, nlon, lmax=lmax, mmax=lmax, grid=grid, norm="ortho").to(dtype)
+        self.isht = build(InverseRealSHT, nlat, nlon, lmax=lmax, mmax=lmax, grid=grid, norm="ortho").to(dtype)
         amp = np.tril(np.repeat(s[:lmax, None], lmax, axis=1))
         amp[:, 1:] /= np.sqrt(2.0)  # re and im of m >= 1 share sigma_l^2 (isotropy)
         amp[0, 0] = 0.0  # no global-mean offset: a perturbation, not a bias

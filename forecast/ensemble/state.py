@@ -35,7 +35,7 @@ import torch
 import zarr
 
 from forecast.ensemble.members import Block
-from forecast.ensemble.online import Accumulator, fixed_arrays
+from forecast.ensemble.online import Accumulator, check_reads, fixed_arrays, state_views
 from forecast.locks import serialised, store_lock
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class OnlineState:
         self.store, self.init_index = store, init_index
         self.n_blocks, self.n_leads = n_blocks, n_leads
         self.accumulators = list(accumulators)
+        check_reads(self.accumulators)
         self._swept: set[int] = set()
         if "online_state" in store.group:
             raise ValueError(
@@ -117,8 +118,8 @@ class OnlineState:
             slot = int(record[0])
             first = not record[_HEADER:].any()
             states = [acc.empty() for acc in self.accumulators] if first else self._load(lead_index, slot)
-            for acc, state in zip(self.accumulators, states, strict=True):
-                acc.update(state, lead_index, members, block.start)
+            for acc, view in zip(self.accumulators, state_views(self.accumulators, states), strict=True):
+                acc.update(view, lead_index, members, block.start)
             record[_HEADER + block.index] = 1
             if record[_HEADER:].all():
                 self._write_results(lead_index, states)
@@ -247,8 +248,8 @@ class OnlineState:
 
     def _write_results(self, lead_index: int, states: list[dict[str, torch.Tensor]]) -> None:
         results = {}
-        for acc, state in zip(self.accumulators, states, strict=True):
-            results.update(acc.result(state, lead_index))
+        for acc, view in zip(self.accumulators, state_views(self.accumulators, states), strict=True):
+            results.update(acc.result(view, lead_index))
         fixed = {}
         for acc in self.accumulators:
             fixed.update(fixed_arrays(acc))

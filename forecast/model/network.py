@@ -19,6 +19,8 @@ from torch import nn
 from torch_harmonics import InverseRealSHT, RealSHT
 from torch_harmonics.examples.models.sfno import SphericalFourierNeuralOperator
 
+from forecast.harmonics import build
+
 HOURS_PER_DAY = 24.0
 DAYS_PER_YEAR = 365.2425
 
@@ -124,7 +126,8 @@ class ForecastModel(nn.Module):
         s = (s - s.mean(dim=(1, 2), keepdim=True)) / s.std(dim=(1, 2), keepdim=True).clamp_min(1e-12)
         self.register_buffer("static", s[None])
         self.register_buffer("non_negative", torch.tensor(non_negative, dtype=torch.bool).view(1, c, 1, 1))
-        self.net = SphericalFourierNeuralOperator(
+        self.net = build(
+            SphericalFourierNeuralOperator,
             img_size=(nlat, nlon),
             grid=config.grid,
             grid_internal=config.grid_internal,
