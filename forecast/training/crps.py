@@ -1,0 +1,66 @@
+"""The almost-fair CRPS as a training loss for stochastic checkpoints (issue #13; AIFS-CRPS,
+Lang et al. 2024).
+
+For M members x_j of one initial state and the target y, per point:
+
+    afCRPS_α = (1/M) Σ_j |x_j − y| − (1 − ε) / (2 M (M − 1)) Σ_{j,k} |x_j − x_k|,  ε = (1 − α) / M,
+
+which is α · fairCRPS + (1 − α) · CRPS of the empirical CDF. α = 1 is the fair CRPS, unbiased
+for the distribution the members are drawn from, but its gradient does not penalise members
+that collapse onto each other while the ensemble is small; α = 0.95 (AIFS) keeps a little of
+the empirical form for that. The spread term is summed over the M(M − 1)/2 pairs, one pair at
+a time (M is 2–8 in training, so no (M, M, …) tensor): the loss is differentiable everywhere
+but on ties, where |·| has a subgradient.
+
+`CRPSLoss` weighs it as `WeightedLoss` weighs the squared error: per channel in units of the
+one-step difference std, by cell area and channel weight, mean over batch and grid.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from forecast.grid import cell_area_weights
+
+
+def almost_fair_crps(members: torch.Tensor, target: torch.Tensor, alpha: float = 0.95, dim: int = 1) -> torch.Tensor:
+    """Pointwise afCRPS_α over the members along `dim` (at least 2); `target` has the
+    members' shape without `dim`. Returns the target's shape, in the members' dtype."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    x = members.movedim(dim, 0)
+    m = x.shape[0]
+    if m < 2:
+        raise ValueError(f"the almost-fair CRPS needs at least 2 members along dim {dim}, got {m}")
+    if x.shape[1:] != target.shape:
+        raise ValueError(f"members {tuple(members.shape)} without dim {dim} do not match target {tuple(target.shape)}")
+    skill = (x - target).abs().mean(0)
+    pairs = torch.zeros_like(skill)
+    for j in range(m - 1):
+        pairs = pairs + (x[j + 1 :] - x[j]).abs().sum(0)  # Σ_{k>j} |x_k − x_j|
+    eps = (1.0 - alpha) / m
+    return skill - (1.0 - eps) * pairs / (m * (m - 1))  # Σ_{j,k} = 2 Σ_{j<k}
+
+
+class CRPSLoss(torch.nn.Module):
+    """Mean over batch, channel and grid of area weight × channel weight × afCRPS_α of the
+    members (batch, member, channel, lat, lon) against the target (batch, channel, lat, lon),
+    both divided by the channel's one-step difference std."""
+
+    def __init__(self, model, channel_weights: dict[str, float], alpha: float = 0.95):
+        super().__init__()
+        unknown = set(channel_weights) - set(model.channels)
+        if unknown:
+            raise ValueError(f"channel_weights name channels not in the model: {sorted(unknown)}")
+        area = torch.from_numpy(cell_area_weights(model.lat.detach().cpu().numpy())).float()
+        cw = torch.tensor([channel_weights.get(c, 1.0) for c in model.channels])
+        weights = (cw / cw.mean()).view(1, -1, 1, 1) * area.view(1, 1, -1, 1)
+        self.register_buffer("weights", weights.to(model.diff_std.device))
+        self.register_buffer("scale", model.diff_std.detach().clone())
+        self.alpha = float(alpha)
+
+    def forward(self, members: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if members.ndim != 5:
+            raise ValueError(f"members must be (batch, member, channel, lat, lon), got {tuple(members.shape)}")
+        score = almost_fair_crps(members / self.scale[:, None], target / self.scale, self.alpha, dim=1)
+        return (self.weights * score).mean()
