@@ -1,0 +1,126 @@
+"""Model noise for stochastic checkpoints (issue #13): a few isotropic Gaussian random fields on
+the sphere, each at its own length scale, evolving in time as an AR(1) (a discretised
+Ornstein–Uhlenbeck process) on its spherical harmonic coefficients.
+
+Field f has the amplitude spectrum σ_l ∝ exp(−k l(l+1)/2), k = (L_f / R_earth)² / 2 (the
+heat-kernel form of DESIGN §3.1's seed spectrum and of makani's diffusion noise), scaled so
+that its variance at every point is 1 in expectation: with torch-harmonics' orthonormal
+harmonics, Var f(x) = Σ_l (2l + 1)/(4π) σ_l² (the addition theorem), whatever x is. One step
+of Δt hours maps the coefficients a to φ a + √(1 − φ²) σ ξ, φ = exp(−Δt / τ_f), ξ white: the
+process starts stationary and stays so, with correlation φ^n between steps n apart.
+
+Each member's stream comes from its own `torch.Generator`, seeded once, on the device the
+module lives on, so a member's noise never depends on the other members of its batch and a
+member can be regenerated alone (`tests/test_model_noise.py`). The state is the coefficient
+tensor; the module keeps none (torch-harmonics style: buffers only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch_harmonics import InverseRealSHT
+
+from forecast.harmonics import build
+
+EARTH_RADIUS_M = 6_371_000.0
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseSpec:
+    """What a package's `config.json` records of its model noise: one field per length scale,
+    each with its correlation time (one value: the same for all)."""
+
+    length_scales_km: tuple[float, ...] = (250.0, 500.0, 1000.0, 2000.0, 4000.0)
+    correlation_hours: tuple[float, ...] = (6.0,)
+
+    def __post_init__(self):
+        scales, times = tuple(map(float, self.length_scales_km)), tuple(map(float, self.correlation_hours))
+        object.__setattr__(self, "length_scales_km", scales)
+        object.__setattr__(self, "correlation_hours", times * len(scales) if len(times) == 1 else times)
+        if not scales or any(s <= 0 for s in scales):
+            raise ValueError(f"noise length scales must be positive km, got {scales}")
+        if len(self.correlation_hours) != len(scales) or any(t <= 0 for t in self.correlation_hours):
+            raise ValueError(
+                f"noise correlation times must be positive hours, one or one per length scale, got {times}"
+            )
+
+    @property
+    def fields(self) -> int:
+        return len(self.length_scales_km)
+
+
+def unit_variance_spectrum(length_scale_m: float, lmax: int) -> np.ndarray:
+    """σ_l (l < lmax) of the heat-kernel form, scaled to Σ_l (2l + 1)/(4π) σ_l² = 1."""
+    ell = np.arange(lmax, dtype=np.float64)
+    k = (length_scale_m / EARTH_RADIUS_M) ** 2 / 2
+    sigma = np.exp(-k * ell * (ell + 1) / 2)
+    return sigma / math.sqrt(((2 * ell + 1) / (4 * math.pi) * sigma**2).sum())
+
+
+def _generator(seed: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+class SphericalARNoise(torch.nn.Module):
+    """`noise.start(generators)` -> coefficients (batch, field, lmax, mmax) complex, stationary;
+    `noise.advance(coeffs, generators)` -> the next step's; `noise.fields(coeffs)` -> (batch,
+    field, lat, lon) in `dtype`, unit variance per point. `generators`: one per batch member
+    (`noise.generators(seeds)`), advanced in place as it draws."""
+
+    MIN_BATCH = 8  # fields per transform, zero-padded below: BLAS kernels (and rounding) change with tiny batches
+
+    def __init__(
+        self,
+        nlat: int,
+        nlon: int,
+        spec: NoiseSpec,
+        step_hours: float,
+        grid: str = "equiangular",
+        dtype: torch.dtype = torch.float32,
+    ):
+        super().__init__()
+        self.spec, self.shape, self.dtype = spec, (nlat, nlon), dtype
+        lmax = min(nlat, nlon // 2 + 1) if grid == "legendre-gauss" else min((nlat + 1) // 2, nlon // 2 + 1)
+        self.isht = build(InverseRealSHT, nlat, nlon, lmax=lmax, mmax=lmax, grid=grid, norm="ortho").to(dtype)
+        sigma = np.stack([unit_variance_spectrum(s * 1e3, lmax) for s in spec.length_scales_km])  # (field, l)
+        amp = np.tril(np.repeat(sigma[:, :, None], lmax, axis=2))  # (field, l, m), m <= l
+        amp[:, :, 1:] /= math.sqrt(2.0)  # re and im of m >= 1 share σ_l² (isotropy)
+        phi = np.exp(-float(step_hours) / np.asarray(spec.correlation_hours))
+        self.register_buffer("amplitude", torch.from_numpy(amp).to(dtype))
+        self.register_buffer("phi", torch.from_numpy(phi).to(dtype).view(-1, 1, 1))
+        m = torch.arange(lmax)
+        self.register_buffer("has_imaginary", (m > 0).to(dtype))
+
+    @property
+    def device(self) -> torch.device:
+        return self.amplitude.device
+
+    def generators(self, seeds: Sequence[int]) -> list[torch.Generator]:
+        return [_generator(s, self.device) for s in seeds]
+
+    def _white(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """(batch, field, lmax, mmax) complex coefficients of variance σ_l², member i from generator i."""
+        f, lmax, mmax = self.amplitude.shape
+        out = torch.empty((len(generators), f, lmax, mmax, 2), dtype=self.dtype, device=self.device)
+        for i, g in enumerate(generators):
+            torch.randn(out.shape[1:], generator=g, out=out[i])
+        return torch.complex(out[..., 0], out[..., 1] * self.has_imaginary) * self.amplitude
+
+    def start(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        return self._white(generators)
+
+    def advance(self, coeffs: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        return self.phi * coeffs + torch.sqrt(1 - self.phi.square()) * self._white(generators)
+
+    def fields(self, coeffs: torch.Tensor) -> torch.Tensor:
+        b = coeffs.shape[0]
+        flat = coeffs.reshape(-1, *coeffs.shape[-2:])
+        n = flat.shape[0]
+        if n < self.MIN_BATCH:
+            flat = torch.cat([flat, flat.new_zeros((self.MIN_BATCH - n, *flat.shape[1:]))])
+        return self.isht(flat)[:n].reshape(b, -1, *self.shape)

@@ -1,0 +1,78 @@
+"""Model noise of stochastic checkpoints: unit variance at every point (exactly, from the
+harmonics), AR(1) correlation in time, members independent of their batch."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from forecast.model.noise import NoiseSpec, SphericalARNoise, unit_variance_spectrum
+
+SPEC = NoiseSpec(length_scales_km=(500.0, 2000.0, 8000.0), correlation_hours=(6.0, 24.0, 96.0))
+
+
+def test_the_spectrum_gives_unit_variance_and_the_spec_is_validated():
+    for scale in (250e3, 1000e3, 4000e3):
+        sigma = unit_variance_spectrum(scale, 361)
+        ell = np.arange(361)
+        assert ((2 * ell + 1) / (4 * math.pi) * sigma**2).sum() == pytest.approx(1.0, rel=1e-12)
+        assert np.all(np.diff(sigma) <= 0)  # smooth: power falls with degree
+    assert NoiseSpec((100.0, 200.0), (6.0,)).correlation_hours == (6.0, 6.0)
+    with pytest.raises(ValueError, match="length scales"):
+        NoiseSpec((-1.0,))
+    with pytest.raises(ValueError, match="correlation times"):
+        NoiseSpec((100.0, 200.0, 300.0), (6.0, 12.0))
+
+
+@pytest.mark.parametrize("grid,nlat,nlon", [("equiangular", 33, 64), ("legendre-gauss", 32, 64)])
+def test_the_expected_variance_is_one_at_every_point(grid, nlat, nlon):
+    """Var f(x) = Σ_lm E|a_lm|² |Y_lm(x)|², the Y's synthesised one coefficient at a time by
+    the module's own transform: 1 everywhere, poles included (isotropy)."""
+    noise = SphericalARNoise(nlat, nlon, SPEC, step_hours=6, grid=grid, dtype=torch.float64)
+    f, lmax, mmax = noise.amplitude.shape
+    basis = torch.zeros((lmax * mmax, lmax, mmax), dtype=torch.complex128)
+    basis.view(lmax * mmax, -1)[torch.arange(lmax * mmax), torch.arange(lmax * mmax)] = 1.0
+    real = noise.isht(basis).view(lmax, mmax, nlat, nlon)  # Y of the real part of a_lm
+    imag = noise.isht(1j * basis).view(lmax, mmax, nlat, nlon)  # and of its imaginary part
+    for k in range(f):
+        amp2 = noise.amplitude[k].square()[..., None, None]
+        variance = (amp2 * real.square()).sum((0, 1)) + (amp2[:, 1:] * imag[:, 1:].square()).sum((0, 1))
+        assert torch.allclose(variance, torch.ones_like(variance), rtol=0, atol=1e-10), k
+
+
+def test_steps_are_correlated_as_an_ar1_and_stay_stationary():
+    noise = SphericalARNoise(17, 32, SPEC, step_hours=6, dtype=torch.float64)
+    gens = noise.generators(range(1500))
+    a0 = noise.start(gens)
+    a = a0
+    for _ in range(4):
+        a = noise.advance(a, gens)
+    phi4 = np.exp(-4 * 6.0 / np.asarray(SPEC.correlation_hours))
+    x0, x4 = noise.fields(a0), noise.fields(a)
+    for k in range(SPEC.fields):
+        u, v = x0[:, k].reshape(-1), x4[:, k].reshape(-1)
+        corr = float((u * v).mean() / torch.sqrt(u.square().mean() * v.square().mean()))
+        # ~ 1500 independent members (points of one field are correlated): 5 standard errors
+        se = (1 - phi4[k] ** 2) / math.sqrt(1500)
+        assert abs(corr - phi4[k]) < 5 * se + 1e-3, (k, corr, phi4[k])
+        per_member = x4[:, k].square().mean((-2, -1))  # independent across members
+        se_var = float(per_member.std()) / math.sqrt(len(per_member))
+        assert abs(float(per_member.mean()) - 1.0) < 5 * se_var, (k, float(per_member.mean()), se_var)
+
+
+def test_a_member_does_not_depend_on_its_batch():
+    noise = SphericalARNoise(17, 32, SPEC, step_hours=6)
+    together, alone = noise.generators([11, 12, 13]), noise.generators([12])
+    a, b = noise.start(together), noise.start(alone)
+    for _ in range(3):
+        a, b = noise.advance(a, together), noise.advance(b, alone)
+    assert torch.equal(noise.fields(a)[1], noise.fields(b)[0])
+    again = noise.generators([12])
+    c = noise.start(again)
+    for _ in range(3):
+        c = noise.advance(c, again)
+    assert torch.equal(noise.fields(c), noise.fields(b))  # regenerated bit for bit
+    assert not torch.equal(noise.fields(a)[0], noise.fields(a)[1])  # members differ
