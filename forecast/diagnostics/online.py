@@ -190,8 +190,8 @@ class SpectraSums:
         return {"power_sum": torch.zeros((self.truth.shape[0], self.lmax), dtype=torch.float64)}
 
     def update(self, state, lead_index: int, members: torch.Tensor, first: int = 0) -> None:
-        x = members.detach().to("cpu", torch.float64)
-        state["power_sum"] += torch.from_numpy(_power(x.numpy(), self.lmax, self.grid).sum(0))
+        x = members.detach().cpu().numpy()  # `_power` takes float64 a batch of fields at a time
+        state["power_sum"] += torch.from_numpy(_power(x, self.lmax, self.grid).sum(0))
 
     def result(self, state, lead_index: int) -> Result:
         n = float(state["moments.count"])

@@ -36,7 +36,7 @@ def _power(values: np.ndarray, lmax: int, grid: str) -> np.ndarray:
     """(..., lat, lon) -> (..., l) in float64. The fields go through the transform in batches
     of at most 64 MB (8 fields at 0.25°; every field at once on the 5.625° grid), so its
     temporaries (about 3x its input) do not grow with the member count."""
-    x = np.ascontiguousarray(values, dtype=np.float64)
+    x = np.asarray(values)
     nlat, nlon = x.shape[-2:]
     fields = x.reshape(-1, nlat, nlon)
     sht = _transform(nlat, nlon, lmax, grid)
@@ -44,7 +44,8 @@ def _power(values: np.ndarray, lmax: int, grid: str) -> np.ndarray:
     out = np.empty((len(fields), lmax), np.float64)
     with torch.no_grad():
         for lo in range(0, len(fields), per_call):
-            c = sht(torch.from_numpy(fields[lo : lo + per_call])).abs().square()
+            batch = np.ascontiguousarray(fields[lo : lo + per_call], dtype=np.float64)  # float64 a batch at a time
+            c = sht(torch.from_numpy(batch)).abs().square()
             out[lo : lo + per_call] = (c[..., 0] + 2.0 * c[..., 1:].sum(-1)).numpy()
     return out.reshape(*x.shape[:-2], lmax)
 

@@ -73,15 +73,19 @@ def fixed_arrays(accumulator: Accumulator) -> Result:
 
 def combine_moments(state: dict[str, torch.Tensor], members: torch.Tensor) -> None:
     """Chan et al.'s pairwise update of count, mean and M2 (float64) with a block's members:
-    the result does not depend on how members were split into blocks (to rounding)."""
-    x = members.detach().to("cpu", torch.float64)
-    n_a, n_b = float(state["count"]), float(x.shape[0])
-    mean_b = x.mean(dim=0)
-    m2_b = (x - mean_b).square().sum(dim=0)
+    the result does not depend on how members were split into blocks (to rounding). One
+    channel at a time (members (m, channel, ...)): the float64 temporaries are a few fields
+    of one channel, not a few copies of the block (at 0.25° that was ~1 GB per lead)."""
+    members = members.detach().cpu()
+    n_a, n_b = float(state["count"]), float(members.shape[0])
     n = n_a + n_b
-    delta = mean_b - state["mean"]
-    state["mean"] += delta * (n_b / n)
-    state["m2"] += m2_b + delta.square() * (n_a * n_b / n)
+    for c in range(members.shape[1]):
+        x = members[:, c].to(torch.float64)
+        mean_b = x.mean(dim=0)
+        m2_b = (x - mean_b).square().sum(dim=0)
+        delta = mean_b - state["mean"][c]
+        state["mean"][c] += delta * (n_b / n)
+        state["m2"][c] += m2_b + delta.square() * (n_a * n_b / n)
     state["count"].fill_(n)
 
 

@@ -20,6 +20,8 @@ from torch_harmonics import InverseRealSHT, RealSHT
 from torch_harmonics.examples.models.sfno import SphericalFourierNeuralOperator
 
 from forecast.harmonics import build
+from forecast.model.noise import NoiseSpec, NoiseStream, SphericalARNoise
+from forecast.model.stochastic import StochasticSFNO
 
 HOURS_PER_DAY = 24.0
 DAYS_PER_YEAR = 365.2425
@@ -40,6 +42,27 @@ class ModelConfig:
     residual_prediction: bool = True
     activation: str = "gelu"
     hard_thresholding_fraction: float = 1.0
+    # Model noise (forecast.model.noise): none for a deterministic checkpoint; else one AR(1)
+    # spherical field per length scale conditions every block (forecast.model.stochastic).
+    noise_length_scales_km: tuple[float, ...] = ()
+    noise_correlation_hours: tuple[float, ...] = (6.0,)
+
+    def __post_init__(self):
+        # JSON and YAML give lists: kept as tuples, so the config stays a hashable value
+        object.__setattr__(self, "noise_length_scales_km", tuple(map(float, self.noise_length_scales_km)))
+        object.__setattr__(self, "noise_correlation_hours", tuple(map(float, self.noise_correlation_hours)))
+        if self.stochastic:
+            NoiseSpec(self.noise_length_scales_km, self.noise_correlation_hours)  # validates
+
+    @property
+    def stochastic(self) -> bool:
+        return bool(self.noise_length_scales_km)
+
+    @property
+    def noise_spec(self) -> NoiseSpec | None:
+        if not self.stochastic:
+            return None
+        return NoiseSpec(self.noise_length_scales_km, self.noise_correlation_hours)
 
     def spectral_modes(self, nlat: int, nlon: int) -> tuple[int, int]:
         """(lmax, mmax) that torch-harmonics' SFNO uses for this grid."""
@@ -126,8 +149,7 @@ class ForecastModel(nn.Module):
         s = (s - s.mean(dim=(1, 2), keepdim=True)) / s.std(dim=(1, 2), keepdim=True).clamp_min(1e-12)
         self.register_buffer("static", s[None])
         self.register_buffer("non_negative", torch.tensor(non_negative, dtype=torch.bool).view(1, c, 1, 1))
-        self.net = build(
-            SphericalFourierNeuralOperator,
+        sfno = dict(
             img_size=(nlat, nlon),
             grid=config.grid,
             grid_internal=config.grid_internal,
@@ -141,6 +163,13 @@ class ForecastModel(nn.Module):
             hard_thresholding_fraction=config.hard_thresholding_fraction,
             residual_prediction=False,  # done here, in physical units
         )
+        spec = config.noise_spec
+        if spec is None:
+            self.net = build(SphericalFourierNeuralOperator, **sfno)
+            self.noise = None
+        else:
+            self.net = build(StochasticSFNO, noise_fields=spec.fields, **sfno)
+            self.noise = SphericalARNoise(self.net.noise_modes[0], spec)
         lmax, mmax = config.spectral_modes(nlat, nlon)
         if (self.net.trans_down.lmax, self.net.trans_down.mmax) != (lmax, mmax):
             raise RuntimeError(
@@ -149,7 +178,22 @@ class ForecastModel(nn.Module):
             )
         _spectral_transforms_in_float32(self.net)
 
-    def forward(self, state: torch.Tensor, time_hours: torch.Tensor) -> torch.Tensor:
+    @property
+    def stochastic(self) -> bool:
+        return self.noise is not None
+
+    def noise_stream(self, seeds, step_hours: float) -> NoiseStream:
+        """The model noise of a batch of members (one seed each) over a rollout; for a
+        deterministic checkpoint a stream whose `current` is None."""
+        return NoiseStream(self.noise, seeds, step_hours)
+
+    def forward(self, state: torch.Tensor, time_hours: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """`noise`: the model noise of this step (`noise_stream(...).current`), required by a
+        stochastic checkpoint and refused by a deterministic one."""
+        if self.stochastic and noise is None:
+            raise ValueError("a stochastic checkpoint steps with its model noise: pass noise_stream(seeds).current")
+        if not self.stochastic and noise is not None:
+            raise ValueError("a deterministic checkpoint takes no model noise")
         b = state.shape[0]
         if state.shape[1:] != (len(self.channels), len(self.lat), len(self.lon)):
             raise ValueError(
@@ -159,18 +203,25 @@ class ForecastModel(nn.Module):
         x = (state - self.mean) / self.std
         zenith = cos_zenith(time_hours, self.lat, self.lon)[:, None].to(x.dtype)
         features = torch.cat([x, self.static.expand(b, -1, -1, -1).to(x.dtype), zenith], dim=1)
-        y = self.net(features)
+        y = self.net(features) if noise is None else self.net(features, noise)
         if self.config.residual_prediction:
             out = state + self.diff_std * y
         else:
             out = self.mean + self.std * y
         return torch.where(self.non_negative, out.clamp_min(0.0), out)
 
-    def rollout(self, state: torch.Tensor, time_hours: torch.Tensor, steps: int, step_hours: int) -> torch.Tensor:
+    def rollout(
+        self, state: torch.Tensor, time_hours: torch.Tensor, steps: int, step_hours: int, noise_seeds=None
+    ) -> torch.Tensor:
         """(batch, steps + 1, channel, lat, lon): the state and `steps` autoregressive steps of
-        `step_hours` each (the model's time step: the package's `time_step_hours`)."""
+        `step_hours` each (the model's time step: the package's `time_step_hours`); a
+        stochastic checkpoint draws member i's noise from `noise_seeds[i]`."""
+        if self.stochastic and noise_seeds is None:
+            raise ValueError("a stochastic checkpoint's rollout needs one noise seed per member")
+        stream = self.noise_stream(noise_seeds or [], step_hours)
         out = [state]
         for k in range(steps):
-            state = self(state, time_hours + k * step_hours)
+            state = self(state, time_hours + k * step_hours, stream.current)
+            stream.advance()
             out.append(state)
         return torch.stack(out, dim=1)

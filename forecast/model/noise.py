@@ -12,7 +12,8 @@ process starts stationary and stays so, with correlation φ^n between steps n ap
 Each member's stream comes from its own `torch.Generator`, seeded once, on the device the
 module lives on, so a member's noise never depends on the other members of its batch and a
 member can be regenerated alone (`tests/test_model_noise.py`). The state is the coefficient
-tensor; the module keeps none (torch-harmonics style: buffers only).
+tensor; the module keeps none (torch-harmonics style: buffers only). The network synthesises
+the fields itself (`forecast.model.stochastic`), on the grids its blocks work on.
 """
 
 from __future__ import annotations
@@ -23,9 +24,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch_harmonics import InverseRealSHT
-
-from forecast.harmonics import build
 
 EARTH_RADIUS_M = 6_371_000.0
 
@@ -67,34 +65,23 @@ def _generator(seed: int, device: torch.device) -> torch.Generator:
 
 
 class SphericalARNoise(torch.nn.Module):
-    """`noise.start(generators)` -> coefficients (batch, field, lmax, mmax) complex, stationary;
-    `noise.advance(coeffs, generators)` -> the next step's; `noise.fields(coeffs)` -> (batch,
-    field, lat, lon) in `dtype`, unit variance per point. `generators`: one per batch member
-    (`noise.generators(seeds)`), advanced in place as it draws."""
+    """The coefficient process of the model noise, up to degree `lmax` (l, m < lmax):
+    `start(generators)` -> coefficients (batch, field, lmax, lmax) complex, stationary;
+    `advance(coeffs, generators, step_hours)` -> those one step later. Synthesised with an
+    orthonormal inverse SHT (torch-harmonics' `norm="ortho"`, its default) on any grid that
+    resolves `lmax`, each field has variance 1 at every point. `generators`: one per batch
+    member (`generators(seeds)`), advanced in place as it draws."""
 
-    MIN_BATCH = 8  # fields per transform, zero-padded below: BLAS kernels (and rounding) change with tiny batches
-
-    def __init__(
-        self,
-        nlat: int,
-        nlon: int,
-        spec: NoiseSpec,
-        step_hours: float,
-        grid: str = "equiangular",
-        dtype: torch.dtype = torch.float32,
-    ):
+    def __init__(self, lmax: int, spec: NoiseSpec, dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.spec, self.shape, self.dtype = spec, (nlat, nlon), dtype
-        lmax = min(nlat, nlon // 2 + 1) if grid == "legendre-gauss" else min((nlat + 1) // 2, nlon // 2 + 1)
-        self.isht = build(InverseRealSHT, nlat, nlon, lmax=lmax, mmax=lmax, grid=grid, norm="ortho").to(dtype)
-        sigma = np.stack([unit_variance_spectrum(s * 1e3, lmax) for s in spec.length_scales_km])  # (field, l)
-        amp = np.tril(np.repeat(sigma[:, :, None], lmax, axis=2))  # (field, l, m), m <= l
+        self.spec, self.lmax, self.dtype = spec, int(lmax), dtype
+        sigma = np.stack([unit_variance_spectrum(s * 1e3, self.lmax) for s in spec.length_scales_km])  # (field, l)
+        amp = np.tril(np.repeat(sigma[:, :, None], self.lmax, axis=2))  # (field, l, m), m <= l
         amp[:, :, 1:] /= math.sqrt(2.0)  # re and im of m >= 1 share σ_l² (isotropy)
-        phi = np.exp(-float(step_hours) / np.asarray(spec.correlation_hours))
-        self.register_buffer("amplitude", torch.from_numpy(amp).to(dtype))
-        self.register_buffer("phi", torch.from_numpy(phi).to(dtype).view(-1, 1, 1))
-        m = torch.arange(lmax)
-        self.register_buffer("has_imaginary", (m > 0).to(dtype))
+        self.register_buffer("amplitude", torch.from_numpy(amp).to(dtype), persistent=False)
+        self.register_buffer("has_imaginary", (torch.arange(self.lmax) > 0).to(dtype), persistent=False)
+        hours = torch.tensor(spec.correlation_hours, dtype=torch.float64)
+        self.register_buffer("correlation_hours", hours.view(-1, 1, 1), persistent=False)
 
     @property
     def device(self) -> torch.device:
@@ -104,7 +91,7 @@ class SphericalARNoise(torch.nn.Module):
         return [_generator(s, self.device) for s in seeds]
 
     def _white(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
-        """(batch, field, lmax, mmax) complex coefficients of variance σ_l², member i from generator i."""
+        """(batch, field, lmax, lmax) complex coefficients of variance σ_l², member i from generator i."""
         f, lmax, mmax = self.amplitude.shape
         out = torch.empty((len(generators), f, lmax, mmax, 2), dtype=self.dtype, device=self.device)
         for i, g in enumerate(generators):
@@ -114,13 +101,21 @@ class SphericalARNoise(torch.nn.Module):
     def start(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
         return self._white(generators)
 
-    def advance(self, coeffs: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
-        return self.phi * coeffs + torch.sqrt(1 - self.phi.square()) * self._white(generators)
+    def advance(self, coeffs: torch.Tensor, generators: Sequence[torch.Generator], step_hours: float) -> torch.Tensor:
+        phi = torch.exp(-float(step_hours) / self.correlation_hours).to(self.dtype)
+        return phi * coeffs + torch.sqrt(1 - phi.square()) * self._white(generators)
 
-    def fields(self, coeffs: torch.Tensor) -> torch.Tensor:
-        b = coeffs.shape[0]
-        flat = coeffs.reshape(-1, *coeffs.shape[-2:])
-        n = flat.shape[0]
-        if n < self.MIN_BATCH:
-            flat = torch.cat([flat, flat.new_zeros((self.MIN_BATCH - n, *flat.shape[1:]))])
-        return self.isht(flat)[:n].reshape(b, -1, *self.shape)
+
+class NoiseStream:
+    """The model noise of a batch of members over a rollout: `current` is this step's
+    coefficients, `advance()` moves to the next step. For a deterministic checkpoint
+    (`process` None) `current` is None and `advance` does nothing."""
+
+    def __init__(self, process: SphericalARNoise | None, seeds: Sequence[int], step_hours: float):
+        self.process, self.step_hours = process, float(step_hours)
+        self.generators = process.generators(seeds) if process is not None else []
+        self.current = process.start(self.generators) if process is not None else None
+
+    def advance(self) -> None:
+        if self.process is not None:
+            self.current = self.process.advance(self.current, self.generators, self.step_hours)

@@ -33,6 +33,7 @@ class StochasticSFNO(SphericalFourierNeuralOperator):
             raise ValueError(f"a stochastic SFNO needs at least one noise field, got {noise_fields}")
         self.noise_fields = int(noise_fields)
         lmax, mmax = self.trans.lmax, self.trans.mmax
+        self._noise_modes = (lmax, mmax)  # kept: a wrapper may replace the transforms (ForecastModel's Float32)
         self.noise_itrans = InverseRealSHT(self.h, self.w, lmax=lmax, mmax=mmax, grid=self.grid_internal).float()
         self.noise_itrans_up = InverseRealSHT(*self.img_size, lmax=lmax, mmax=mmax, grid=self.grid).float()
         self.films = nn.ModuleList([nn.Conv2d(noise_fields, 2 * self.embed_dim, 1) for _ in self.blocks])
@@ -42,7 +43,7 @@ class StochasticSFNO(SphericalFourierNeuralOperator):
 
     @property
     def noise_modes(self) -> tuple[int, int]:
-        return self.trans.lmax, self.trans.mmax
+        return self._noise_modes
 
     def _block(self, i: int, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """torch-harmonics' `SphericalFourierNeuralOperatorBlock.forward` with the FiLM after its norm."""
