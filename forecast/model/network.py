@@ -204,6 +204,14 @@ class ForecastModel(nn.Module):
         zenith = cos_zenith(time_hours, self.lat, self.lon)[:, None].to(x.dtype)
         features = torch.cat([x, self.static.expand(b, -1, -1, -1).to(x.dtype), zenith], dim=1)
         y = self.net(features) if noise is None else self.net(features, noise)
+        del x, features
+        if not torch.is_grad_enabled():
+            # In place on the network's output (the same values: products and sums commute):
+            # at 0.25° each temporary is a block-sized field, and the writer thread works
+            # beside this step (README, bench_scale).
+            y.mul_(self.diff_std if self.config.residual_prediction else self.std)
+            y.add_(state if self.config.residual_prediction else self.mean)
+            return torch.where(self.non_negative, y.clamp_min(0.0), y, out=y) if self.non_negative.any() else y
         if self.config.residual_prediction:
             out = state + self.diff_std * y
         else:
