@@ -203,7 +203,7 @@ def choose_block_size(archive: str, package: str, cap: int, device: torch.device
         base = torch.cuda.memory_allocated(device)
         x = torch.zeros((2, c, nlat, nlon), device=device)
         with torch.no_grad():
-            model(x, torch.zeros(2, device=device, dtype=torch.float64))
+            model(x, torch.zeros(2, device=device, dtype=torch.float64), model.noise_stream([0, 1], 6).current)
         per_member = max(1, (torch.cuda.max_memory_allocated(device) - base) // 2)
         free, _ = torch.cuda.mem_get_info(device)
     else:
@@ -256,7 +256,10 @@ def perturbation_for(plan: Plan, block: Block, model) -> object:
     lat, nlon = model.lat.cpu().numpy(), len(model.lon)
     if kind == "bred":
         start = float(to_hours(np.asarray([plan.init_time]))[0]) - BREEDING_CYCLES * plan.step_hours
-        return BredVectors(model, plan.analyses, start, rmse, fraction=frac, step_hours=plan.step_hours)
+        noise_seed = plan.layout.breeding_noise_seed(block, plan.settings.base_seed, plan.init_time)
+        return BredVectors(
+            model, plan.analyses, start, rmse, fraction=frac, step_hours=plan.step_hours, noise_seed=noise_seed
+        )
     amplitudes = {c: frac * float(rmse[i]) for i, c in enumerate(model.channels)}
     device = next(model.parameters()).device  # noise drawn where the model runs
     if kind == "noise":
@@ -280,12 +283,15 @@ def run_block(plan: Plan, block: Block, emit, device: torch.device) -> None:
     state = initial_members(plan, block, model).to(device)
     hours0 = float(to_hours(np.asarray([plan.init_time]))[0])
     wanted = {int(h) // plan.step_hours: i for i, h in enumerate(plan.output_leads)}
+    # a stochastic checkpoint's members each step with their own model noise (None otherwise)
+    noise = model.noise_stream(plan.layout.noise_seeds(block, plan.settings.base_seed, plan.init_time), plan.step_hours)
     for k in range(plan.steps + 1):
         if k in wanted:
             emit(wanted[k], state)
         if k < plan.steps:
             hours = torch.full((block.size,), hours0 + k * plan.step_hours, dtype=torch.float64, device=device)
-            state = model(state, hours)
+            state = model(state, hours, noise.current)
+            noise.advance()
 
 
 # -- writing --------------------------------------------------------------------------------

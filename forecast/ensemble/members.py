@@ -93,6 +93,20 @@ class Layout:
         first = (block.start % self.per_checkpoint) // 2
         return [member_seed(base_seed, name, init_time, first + i) for i in range(block.size // 2)]
 
+    def noise_seeds(self, block: Block, base_seed: int, init_time: np.datetime64) -> list[int]:
+        """One model-noise seed per member of the block (a stochastic checkpoint's own noise
+        stream), hashed from the member's identity like the perturbation seeds: the two
+        members of a ± pair have streams of their own."""
+        name = f"{self.checkpoints[block.checkpoint]}|model-noise"
+        first = block.start % self.per_checkpoint
+        return [member_seed(base_seed, name, init_time, first + i) for i in range(block.size)]
+
+    def breeding_noise_seed(self, block: Block, base_seed: int, init_time: np.datetime64) -> int:
+        """The model-noise seed of a stochastic checkpoint's breeding: one per checkpoint and
+        init time, shared by the control and every perturbed state, so a bred vector measures
+        the dynamics' growth, not the noise's (and stays the same in any block)."""
+        return member_seed(base_seed, f"{self.checkpoints[block.checkpoint]}|breeding-noise", init_time, 0)
+
 
 def compose(analysis: torch.Tensor, deltas: torch.Tensor, non_negative: Sequence[bool] | torch.Tensor) -> torch.Tensor:
     """Centred pairs: (2K, channel, lat, lon) = analysis + delta_0, analysis − delta_0, ...,

@@ -324,7 +324,9 @@ class BredVectors:
 
     `analyses`: (cycles + 1, channel, lat, lon), the analyses at t − cycles·step, ..., t − step, t
     (the last is the init-time analysis); `time_hours`: hours since 1970 of analyses[0];
-    `rmse_48h`: (channel,) the package's 48-hour RMSE. The control trajectory is advanced
+    `rmse_48h`: (channel,) the package's 48-hour RMSE; `noise_seed`: a stochastic model's noise
+    stream for the breeding, the same for the control and every perturbed state (so the bred
+    vector is the dynamics' growth, and the same in any block). The control trajectory is advanced
     once per cycle for all perturbations (not once per pair), and the bred vector returned is
     the one valid at t: it is made by the step that lands on t. Everything runs on the model's
     device: the seed fields of all perturbations in one batched draw (`SphericalNoise`), the
@@ -340,6 +342,7 @@ class BredVectors:
         fraction: float = BRED_FRACTION,
         seed_channel: str = "z500",
         step_hours: int = 6,
+        noise_seed: int = 0,
     ):
         if analyses.ndim != 4 or analyses.shape[1] != len(model.channels):
             raise ValueError(
@@ -353,6 +356,7 @@ class BredVectors:
         self.target = fraction * rmse_48h.to(torch.float64)
         self.seed_index = model.channels.index(seed_channel)
         self.step_hours = step_hours
+        self.noise_seed = int(noise_seed)  # a stochastic model's noise, shared by control and perturbed states
         self.lat_deg = model.lat.detach().cpu().numpy().astype(np.float64)
         self.lat = model.lat.detach().to(torch.float64)
         self.weights = torch.from_numpy(cell_area_weights(self.lat_deg))
@@ -360,6 +364,10 @@ class BredVectors:
     @property
     def cycles(self) -> int:
         return self.analyses.shape[0] - 1
+
+    @property
+    def _stochastic(self) -> bool:
+        return bool(getattr(self.model, "stochastic", False))
 
     @torch.no_grad()
     def __call__(self, analysis: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
@@ -373,10 +381,18 @@ class BredVectors:
         seed = seeder.fields(seeds)[:, 0]  # (k, lat, lon), unit RMS, one batched draw
         perturbed = a[0][None].repeat(k, 1, 1, 1)
         perturbed[:, s] += (target[s] * seed).to(a.dtype)
+        # A stochastic model steps the control and every perturbed state with the same noise:
+        # the difference then grows by the dynamics alone.
+        noise = self.model.noise_stream([self.noise_seed], self.step_hours) if self._stochastic else None
         for cycle in range(self.cycles):
             hours = torch.full((1,), self.time_hours + cycle * self.step_hours, dtype=torch.float64, device=device)
-            control = self.model(a[cycle][None], hours)  # once per cycle, shared by all pairs
-            stepped = self.model(perturbed, hours.expand(k))
+            if noise is None:
+                control = self.model(a[cycle][None], hours)  # once per cycle, shared by all pairs
+                stepped = self.model(perturbed, hours.expand(k))
+            else:
+                control = self.model(a[cycle][None], hours, noise.current)
+                stepped = self.model(perturbed, hours.expand(k), noise.current.expand(k, -1, -1, -1))
+                noise.advance()
             bred = hemispheric_rescale(stepped - control, lat, weights, target)
             perturbed = a[cycle + 1][None] + bred
         return bred.to(device=analysis.device, dtype=analysis.dtype)

@@ -3,7 +3,9 @@
 AdamW with linear warm-up and cosine decay (a pure function of the step, so nothing but the
 step count needs saving), gradient clipping, an area-weighted loss in units of each channel's
 one-step difference std (`diff_std`) with per-channel weights, validation each epoch on a held-out period,
-then multi-step rollout fine-tuning. bf16 autocast on GPU.
+then multi-step rollout fine-tuning. bf16 autocast on GPU. With `loss: crps` a stochastic
+checkpoint (model noise, `forecast.model.stochastic`) is trained on the almost-fair CRPS of
+`ensemble_members` members stepped from each initial state, each with its own model noise.
 
 Resume: after every epoch the weights, the optimizer moments and the progress are written
 (safetensors + JSON, never pickle) under `OUT/.train/`. Batch order is a function of
@@ -34,6 +36,7 @@ from forecast.archive import Archive
 from forecast.grid import cell_area_weights
 from forecast.model import ForecastModel, ModelConfig, save_package
 from forecast.training import distributed
+from forecast.training.crps import CRPSLoss
 from forecast.training.data import ArchiveWindows, model_from_archive
 from forecast.training.skill import LEADS_HOURS, climatology_map, lead_steps, score
 
@@ -61,8 +64,22 @@ class TrainConfig:
     max_batches_per_epoch: int | None = 120  # bounds an epoch: the 2-core budget is 3 minutes
     skill_inits: int = 32  # validation initial times scored for skill.json
     input_noise: float = 1.0  # training inputs get N(0, (input_noise x one-step difference std)²) noise
+    # "mse", or "crps": the almost-fair CRPS (forecast.training.crps) of `ensemble_members`
+    # members stepped from each initial state with their own model noise (a stochastic
+    # checkpoint: model.noise_length_scales_km given)
+    loss: str = "mse"
+    ensemble_members: int = 2
+    crps_alpha: float = 0.95
 
     def __post_init__(self):
+        if self.loss not in ("mse", "crps"):
+            raise ValueError(f"loss must be 'mse' or 'crps', got {self.loss!r}")
+        if self.loss == "crps" and not self.model.stochastic:
+            raise ValueError("loss 'crps' trains a stochastic checkpoint: give model.noise_length_scales_km")
+        if self.loss == "crps" and not 2 <= self.ensemble_members <= 16:
+            raise ValueError(f"ensemble_members must be 2..16 for the CRPS, got {self.ensemble_members}")
+        if not 0.0 <= self.crps_alpha <= 1.0:
+            raise ValueError(f"crps_alpha must be in [0, 1], got {self.crps_alpha}")
         if not 2 <= self.finetune_rollout_steps <= 4 and self.finetune_epochs:
             raise ValueError(f"finetune_rollout_steps must be 2..4, got {self.finetune_rollout_steps}")
         if not 0 <= self.input_noise < 5:
@@ -138,10 +155,14 @@ def _rollout_loss(
     noise: float = 0.0,
     noise_seed: int = 0,
     forward=None,
+    members: int = 1,
 ) -> torch.Tensor:
     """Mean loss over the batch's targets, stepping `step_hours` (the archive's time step) per
     model call: the zenith angle of step k is that of the input time + k steps. `forward` is
-    what steps the state (the DDP-wrapped model in data-parallel training; default `model`)."""
+    what steps the state (the DDP-wrapped model in data-parallel training; default `model`).
+    A stochastic model steps `members` copies of each initial state, each with its own model
+    noise (seeds from `noise_seed`); the loss then takes (batch, members, ...) predictions
+    (the CRPS), or one member's (batch, ...) when `members` is 1."""
     forward = forward or model
     state = batch.state.to(device)
     if noise > 0:
@@ -153,11 +174,19 @@ def _rollout_loss(
         state = state + noise * model.diff_std * eps
     hours = batch.time_hours.to(device)
     targets = batch.targets.to(device)
+    b = state.shape[0]
+    if members > 1:  # member j of sample i at row i * members + j
+        state, hours = state.repeat_interleave(members, 0), hours.repeat_interleave(members, 0)
+    stream = model.noise_stream([noise_seed * 4096 + i for i in range(state.shape[0])], step_hours)
     total = 0.0
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
         for k in range(targets.shape[1]):
-            state = forward(state, hours + float(step_hours * k))
-            total = total + loss_fn(state.float(), targets[:, k])
+            state = forward(state, hours + float(step_hours * k), stream.current)
+            stream.advance()
+            prediction = state.float()
+            if members > 1:
+                prediction = prediction.view(b, members, *prediction.shape[1:])
+            total = total + loss_fn(prediction, targets[:, k])
     return total / targets.shape[1]
 
 
@@ -223,7 +252,10 @@ def train(
         torch.manual_seed(seed)
         model, static = model_from_archive(archive, cfg.model)
     model.to(dev)
-    loss_fn = WeightedLoss(model, cfg.channel_weights).to(dev)
+    if cfg.loss == "crps":
+        loss_fn, members = CRPSLoss(model, cfg.channel_weights, cfg.crps_alpha).to(dev), cfg.ensemble_members
+    else:
+        loss_fn, members = WeightedLoss(model, cfg.channel_weights).to(dev), 1
     optimizer = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     cfg = resolve_periods(cfg, source.times)
     train_sets = {
@@ -261,7 +293,7 @@ def train(
                 group["lr"] = learning_rate(cfg, progress["step"], total_steps)
             noise_seed = (seed * 1_000_003 + progress["step"]) * 64 + ranks.rank
             loss = _rollout_loss(
-                model, loss_fn, batch, dev, autocast, step_hours, cfg.input_noise, noise_seed, forward=stepper
+                model, loss_fn, batch, dev, autocast, step_hours, cfg.input_noise, noise_seed, stepper, members
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # under DDP, the gradients arrive averaged over the ranks
@@ -275,7 +307,10 @@ def train(
         model.eval()
         with torch.no_grad():
             vb = valid.batches(cfg.batch_size, seed=0, rank=ranks.rank, world_size=ranks.world_size)
-            vl = [float(_rollout_loss(model, loss_fn, b, dev, autocast, step_hours)) for b in vb]
+            vl = [
+                float(_rollout_loss(model, loss_fn, b, dev, autocast, step_hours, noise_seed=i, members=members))
+                for i, b in enumerate(vb)
+            ]
         record = {
             "epoch": epoch,
             "rollout_steps": data.rollout_steps,

@@ -96,8 +96,11 @@ def _streamed_rollout(model, windows: ArchiveWindows, positions: np.ndarray, ste
         state = torch.from_numpy(_targets(windows, starts, 0)).to(device)
         hours = torch.from_numpy(windows.hours[starts].astype(np.float64)).to(device)
         yield 0, starts, state.cpu().numpy(), None
+        # a stochastic checkpoint is scored as one member per initial time (noise seed: its start)
+        noise = model.noise_stream([int(x) for x in starts], step_hours)
         for k in range(1, steps + 1):
-            state = model(state, hours + (k - 1) * step_hours)
+            state = model(state, hours + (k - 1) * step_hours, noise.current)
+            noise.advance()
             yield k, starts, state.cpu().numpy(), _targets(windows, starts, k)
 
 

@@ -1,0 +1,81 @@
+"""A stochastic checkpoint end to end on the world archive: trained on the almost-fair CRPS,
+packaged, run as an ensemble whose members each have their own model-noise stream, and
+regenerated bit for bit; bred vectors that do not depend on their block."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from forecast.ensemble.engine import RunSettings, initial_members, load_model, plan_run, regenerate, run_ensemble
+from forecast.ensemble.members import Layout
+from forecast.ensemble.store import ForecastStore
+from forecast.model import ModelConfig, load_package
+from forecast.training.loop import TrainConfig, train
+
+INIT = "2001-11-01T00"
+
+
+@pytest.fixture(scope="module")
+def stochastic_package(world_archive, tmp_path_factory) -> str:
+    cfg = TrainConfig(
+        model=ModelConfig(embed_dim=8, num_layers=2, noise_length_scales_km=(1000.0, 4000.0)),
+        epochs=1,
+        finetune_epochs=0,
+        max_batches_per_epoch=12,
+        batch_size=4,
+        skill_inits=4,
+        loss="crps",
+        ensemble_members=2,
+        input_noise=0.0,
+    )
+    out = tmp_path_factory.mktemp("stochastic") / "ckpt"
+    progress = train(world_archive, out, seed=3, cfg=cfg, device="cpu")
+    assert np.isfinite(progress["history"][-1]["train_loss"])
+    return str(out)
+
+
+def test_crps_training_makes_a_stochastic_package(stochastic_package):
+    model, config = load_package(stochastic_package)
+    assert model.stochastic and config["architecture"]["noise_length_scales_km"] == [1000.0, 4000.0]
+    assert config["training"]["config"]["loss"] == "crps"
+    # the FiLM started at zero; the CRPS's spread term pulled it away, so the noise matters
+    assert max(float(f.weight.detach().abs().max()) for f in model.net.films) > 1e-4
+    x = torch.zeros(1, len(model.channels), len(model.lat), len(model.lon)) + model.mean.view(1, -1, 1, 1)
+    with torch.no_grad():
+        a = model.rollout(x.expand(2, -1, -1, -1), torch.zeros(2), steps=2, step_hours=6, noise_seeds=[1, 2])
+    assert (a[0, -1] - a[1, -1]).abs().amax(dim=(-2, -1)).min() > 0  # every channel: members differ
+
+
+def test_crps_needs_a_stochastic_model():
+    with pytest.raises(ValueError, match="stochastic checkpoint"):
+        TrainConfig(loss="crps")
+    with pytest.raises(ValueError, match="ensemble_members"):
+        TrainConfig(model=ModelConfig(noise_length_scales_km=(500.0,)), loss="crps", ensemble_members=1)
+
+
+def test_an_ensemble_of_it_is_regenerable_and_its_bred_vectors_do_not_depend_on_the_block(
+    world_archive, stochastic_package, tmp_path
+):
+    settings = RunSettings(perturbations=2, lead_hours=24, block_size=2)
+    out = tmp_path / "ens.zarr"
+    run_ensemble(world_archive, [stochastic_package], INIT, str(out), settings, progress=False)
+    fields = ForecastStore.open(str(out)).group["fields"][0]  # (member, lead, channel, lat, lon)
+    again = regenerate(str(out), INIT, 3, device="cpu")
+    assert np.array_equal(again, fields[3])
+    # every member has a noise stream of its own, the same whatever block it is run in
+    layout = Layout(("ckpt",), 4)
+    by_pairs = [s for b in layout.blocks(2) for s in layout.noise_seeds(b, 0, np.datetime64(INIT))]
+    by_fours = [s for b in layout.blocks(4) for s in layout.noise_seeds(b, 0, np.datetime64(INIT))]
+    assert by_pairs == by_fours and len(set(by_pairs)) == 8
+    # bred vectors with the shared breeding noise: the same in a block of 2 as in a block of 4
+    plan2 = plan_run(world_archive, [stochastic_package], INIT, settings)
+    plan4 = plan_run(
+        world_archive, [stochastic_package], INIT, RunSettings(perturbations=2, lead_hours=24, block_size=4)
+    )
+    model = load_model(stochastic_package, world_archive, "cpu")
+    small = initial_members(plan2, plan2.layout.blocks(2)[1], model)
+    large = initial_members(plan4, plan4.layout.blocks(4)[0], model)
+    scale = float(large.abs().max())
+    assert torch.allclose(small, large[2:], rtol=0, atol=1e-6 * scale)
