@@ -1,7 +1,8 @@
 """The short GPU suite (`pytest -m gpu`, issue #12): skipped where there is no CUDA device.
 
 On the device: perturbations drawn there (and a member's noise independent of its block),
-bred vectors rescaled there, a model step there against the CPU's, one training epoch, one
+bred vectors rescaled there, a model step there against the CPU's, a stochastic model's noise
+drawn there (per-member generators) and its step against the CPU's, one training epoch, one
 ensemble block run and regenerated (bit for bit: the same block on the same device), its
 members scored against the archive (fair CRPS against a direct implementation) and the block
 size chosen from the device's free memory.
@@ -14,6 +15,7 @@ machine without a GPU (the default run and `pytest -m gpu` there only skip them)
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 
@@ -155,6 +157,42 @@ def test_a_model_step_on_the_device_matches_the_cpu():
     change = (cpu - state).abs().amax((0, 2, 3), keepdim=True)
     assert (change > 0).all()
     assert float(((dev - cpu).abs() / change).max()) < 1e-2
+
+
+@torch.no_grad()
+def test_a_stochastic_model_draws_its_noise_and_steps_on_the_device():
+    """Model noise on the device from per-member generators there: a member's stream does not
+    depend on its batch (bit for bit), and its step matches the CPU's as the deterministic one does."""
+    network = _network()
+    torch.manual_seed(0)
+    model = network.ForecastModel(
+        network.ModelConfig(embed_dim=8, num_layers=2, noise_length_scales_km=(1000.0, 4000.0)),
+        CHANNELS,
+        torch.from_numpy(LAT),
+        torch.arange(NLON) * 360.0 / NLON,
+        mean=torch.tensor([55_000.0, 270.0, 0.002]),
+        std=torch.tensor([3_000.0, 15.0, 0.002]),
+        diff_std=torch.tensor([300.0, 1.5, 0.0005]),
+        static=torch.zeros(2, len(LAT), NLON),
+        non_negative=[False, False, True],
+    ).eval()
+    for film in model.net.films:
+        film.weight.normal_(std=0.2)  # as if trained: the noise matters
+    state = tiny_analyses(0)[:1].repeat(3, 1, 1, 1)
+    hours = torch.full((3,), 438_000.0, dtype=torch.float64)
+    on_device = copy.deepcopy(model).to(DEVICE)
+    stream = on_device.noise_stream([7, 8, 9], 6)
+    assert stream.current.device.type == torch.device(DEVICE).type
+    alone = on_device.noise_stream([8], 6)
+    stream.advance(), alone.advance()
+    assert torch.equal(stream.current[1], alone.current[0])
+    # the same noise coefficients through the network on both: as close as the deterministic step
+    cpu = model(state, hours, stream.current.cpu())
+    dev = on_device(state.to(DEVICE), hours.to(DEVICE), stream.current).cpu()
+    change = (cpu - state).abs().amax((0, 2, 3), keepdim=True)
+    assert (change > 0).all()
+    assert float(((dev - cpu).abs() / change).max()) < 1e-2
+    assert (cpu[0] - cpu[1]).abs().max() > 0  # members of one state differ by their noise
 
 
 # -- the project's environment: archive, training, engine, scores ---------------------------
