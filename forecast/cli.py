@@ -125,12 +125,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "store_members": False if args.no_members else None,
         "score": True if args.score else None,
         "thresholds": {k: tuple(v) for k, v in thresholds.items()} or None,
+        "model_noise": False if args.no_model_noise else None,
     }
     settings = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
     start = time.perf_counter()
     init = _time(args.init_time, "--init-time")
     summary = run_ensemble(
-        args.archive, args.packages, init, args.out, settings, device=args.device, progress=not args.quiet
+        args.archive,
+        args.packages,
+        init,
+        args.out,
+        settings,
+        device=args.device,
+        progress=not args.quiet,
+        low_memory=args.low_memory,
     )
     print(
         f"{summary['store']}: {summary['members']} members from {summary['init_time']}, "
@@ -362,7 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--init-time", required=True, help="e.g. 2001-12-01T00")
     r.add_argument("--config", default=_shipped("ensemble.yaml"), help="run settings (options override)" + CONFIG_HELP)
     r.add_argument("--perturbations", type=int, help="perturbations per checkpoint, each used +/- (default 16)")
-    r.add_argument("--perturbation", choices=["bred", "noise", "grf"], help="default bred")
+    r.add_argument(
+        "--perturbation", choices=["bred", "noise", "grf", "none"], help="default bred; none: the analysis for all"
+    )
+    r.add_argument("--no-model-noise", action="store_true", help="hold a stochastic checkpoint's model noise at zero")
     r.add_argument("--lead-hours", type=int, help="default 360; a multiple of the archive's time step")
     r.add_argument(
         "--output-leads", type=int, nargs="+", help="lead hours to store (default: every step of the archive's)"
@@ -376,6 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--score", action="store_true", help="score online against the archive (hindcasts)")
     r.add_argument("--out", required=True, help="forecast store (created, or resumed if it exists)")
     r.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    r.add_argument(
+        "--low-memory",
+        action="store_true",
+        help="on a CPU, compute the statistics between model steps, not beside them: a lower, steadier "
+        "peak (1.6 GB less at 0.25 degrees) for more time (about 1.5x for 15 days there)",
+    )
     r.set_defaults(func=_cmd_run)
 
     g = sub.add_parser(

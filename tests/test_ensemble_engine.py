@@ -79,6 +79,24 @@ def test_online_statistics_equal_those_of_the_stored_members(reference):
     assert (ds.member_count.values == 12).all()
 
 
+def test_low_memory_takes_turns_and_gives_the_same_store(reference, world_archive, world_packages, tmp_path):
+    """`low_memory`: the statistics run between the model's steps instead of beside them; every
+    member, statistic and count is the same, bit for bit."""
+    out, _ = reference
+    run_ensemble(
+        world_archive,
+        world_packages,
+        INIT,
+        str(tmp_path / "low.zarr"),
+        RunSettings(perturbations=3, lead_hours=48, block_size=4, thresholds={"t2m": (280.0, 290.0)}),
+        progress=False,
+        low_memory=True,
+    )
+    ref, low = ForecastStore.open(str(out)).group, ForecastStore.open(str(tmp_path / "low.zarr")).group
+    for name in ("fields", "ensemble_mean", "ensemble_variance", "ensemble_min", "ensemble_max", "exceedance_count"):
+        assert np.array_equal(ref[name][:], low[name][:]), name
+
+
 def test_a_member_does_not_depend_on_batch_size_or_order(reference, world_archive, world_packages, tmp_path):
     out, _ = reference
     ref = ForecastStore.open(str(out)).group["fields"][:]

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from forecast.ensemble.engine import RunSettings, initial_members, load_model, plan_run, regenerate, run_ensemble
+from forecast.ensemble.engine import (
+    RunSettings,
+    initial_members,
+    load_model,
+    package_rmse_48h,
+    plan_run,
+    regenerate,
+    run_block,
+    run_ensemble,
+)
 from forecast.ensemble.members import Layout
 from forecast.ensemble.store import ForecastStore
 from forecast.model import ModelConfig, load_package
@@ -79,3 +88,41 @@ def test_an_ensemble_of_it_is_regenerable_and_its_bred_vectors_do_not_depend_on_
     large = initial_members(plan4, plan4.layout.blocks(4)[0], model)
     scale = float(large.abs().max())
     assert torch.allclose(small, large[2:], rtol=0, atol=1e-6 * scale)
+
+
+def test_bred_vectors_model_noise_or_both_and_per_channel_amplitudes(world_archive, stochastic_package, world_packages):
+    from forecast.ensemble.perturbation import band_rms
+
+    plan = lambda **kw: plan_run(world_archive, [stochastic_package], INIT, RunSettings(perturbations=2, **kw))  # noqa: E731
+    model = load_model(stochastic_package, world_archive, "cpu")
+    block = plan().layout.blocks(4)[0]
+    # no perturbation: every member starts from the analysis
+    start = initial_members(plan(perturbation="none"), block, model)
+    assert all(torch.equal(start[i], start[0]) for i in range(4))
+    # per-channel amplitudes: the bred vector's hemispheric RMS is each channel's fraction x its 48-h RMSE
+    fractions = {"z500": 0.2, "t850": 0.6}
+    p = plan(channel_amplitudes=fractions)
+    members = initial_members(p, block, model)
+    delta = (members[0] - members[1]).double() / 2
+    index = [model.channels.index(c) for c in fractions]
+    rmse_48h = package_rmse_48h(stochastic_package, tuple(model.channels))
+    north, _ = band_rms(delta[None], model.lat.double())
+    for (c, f), i in zip(fractions.items(), index, strict=True):
+        assert float(north[0, i]) == pytest.approx(f * float(rmse_48h[i]), rel=1e-4), c
+    other = model.channels.index("u10m")
+    assert float(north[0, other]) == pytest.approx(0.35 * float(rmse_48h[other]), rel=1e-4)
+    with pytest.raises(ValueError, match=">= 0"):
+        RunSettings(channel_amplitudes={"z500": -1.0})
+
+    # model noise off, no perturbation: a stochastic checkpoint's members are all the same
+    # forecast; with its noise on they spread from one analysis
+    def spread(**kw):
+        fields = []
+        run_block(plan(perturbation="none", **kw), block, lambda k, x: fields.append(x.clone()), torch.device("cpu"))
+        return float((fields[-1] - fields[-1][0]).abs().max())
+
+    assert spread(model_noise=False) == 0.0
+    assert spread() > 0.0
+    # a deterministic checkpoint's record is unchanged by the new settings at their defaults
+    record = plan_run(world_archive, world_packages, INIT, RunSettings()).run_record()["settings"]
+    assert "channel_amplitudes" not in record and "model_noise" not in record

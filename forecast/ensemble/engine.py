@@ -37,7 +37,7 @@ from forecast.ensemble.store import ForecastStore, StoreError
 from forecast.locks import store_lock
 
 log = logging.getLogger(__name__)
-PERTURBATIONS = ("bred", "noise", "grf")
+PERTURBATIONS = ("bred", "noise", "grf", "none")  # none: every member starts from the analysis
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +56,9 @@ class RunSettings:
     store_members: bool = True
     thresholds: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
     score: bool = False  # hindcasts: score online against the archive's analyses (CRPS, ranks, spectra, EFI)
+    # Per-channel amplitudes (x the 48-hour RMSE) over `amplitude`, e.g. from `forecast calibrate`
+    channel_amplitudes: dict[str, float] = dataclasses.field(default_factory=dict)
+    model_noise: bool = True  # a stochastic checkpoint's own noise; False: its noise held at zero
 
     @classmethod
     def from_dict(cls, params: dict | None) -> RunSettings:
@@ -65,6 +68,7 @@ class RunSettings:
             if params.get(key) is not None:
                 params[key] = tuple(params[key])
         params["thresholds"] = {k: tuple(v) for k, v in params.get("thresholds", {}).items()}
+        params["channel_amplitudes"] = {k: float(v) for k, v in params.get("channel_amplitudes", {}).items()}
         return cls(**params)
 
     def __post_init__(self):
@@ -76,6 +80,9 @@ class RunSettings:
             raise ValueError(f"lead_hours must be >= 0, got {self.lead_hours}")
         if self.block_size is not None and self.block_size < 2:
             raise ValueError(f"block_size must be >= 2 (one ± pair), got {self.block_size}")
+        bad = {c: a for c, a in self.channel_amplitudes.items() if not a >= 0}
+        if bad or not self.amplitude >= 0:
+            raise ValueError(f"amplitudes are fractions of the 48-hour RMSE, >= 0: got {self.amplitude}, {bad}")
         if self.crop is not None and (len(self.crop) != 4 or self.crop[0] > self.crop[1]):
             raise ValueError(f"crop is (lat_min, lat_max, lon_min, lon_max) with lat_min <= lat_max, got {self.crop}")
 
@@ -110,6 +117,11 @@ class Plan:
         s = dataclasses.asdict(self.settings)
         s["block_size"] = self.block_size
         s["thresholds"] = {k: list(v) for k, v in sorted(self.settings.thresholds.items())}
+        # settings added later are recorded only when they differ from their default, so a
+        # store made before them still matches its own rerun
+        for key, default in (("channel_amplitudes", {}), ("model_noise", True)):
+            if s[key] == default:
+                del s[key]
         return {
             "archive": str(Path(self.archive).resolve()),
             "packages": [str(Path(p).resolve()) for p in self.packages],
@@ -253,15 +265,22 @@ def package_rmse_48h(package: str, channels: tuple[str, ...]) -> torch.Tensor:
 def perturbation_for(plan: Plan, block: Block, model) -> object:
     package = plan.packages[block.checkpoint]
     rmse = package_rmse_48h(package, tuple(model.channels))
-    kind, frac = plan.settings.perturbation, plan.settings.amplitude
+    kind, settings = plan.settings.perturbation, plan.settings
+    unknown = sorted(set(settings.channel_amplitudes) - set(model.channels))
+    if unknown:
+        raise ValueError(f"channel_amplitudes name channels the model does not have: {unknown}")
+    fractions = [settings.channel_amplitudes.get(c, settings.amplitude) for c in model.channels]
     lat, nlon = model.lat.cpu().numpy(), len(model.lon)
+    if kind == "none":
+        return lambda analysis, seeds: analysis.new_zeros((len(seeds), *analysis.shape))
     if kind == "bred":
         start = float(to_hours(np.asarray([plan.init_time]))[0]) - BREEDING_CYCLES * plan.step_hours
         noise_seed = plan.layout.breeding_noise_seed(block, plan.settings.base_seed, plan.init_time)
+        frac = torch.tensor(fractions, dtype=torch.float64)
         return BredVectors(
             model, plan.analyses, start, rmse, fraction=frac, step_hours=plan.step_hours, noise_seed=noise_seed
         )
-    amplitudes = {c: frac * float(rmse[i]) for i, c in enumerate(model.channels)}
+    amplitudes = {c: fractions[i] * float(rmse[i]) for i, c in enumerate(model.channels)}
     device = next(model.parameters()).device  # noise drawn where the model runs
     if kind == "noise":
         return CorrelatedNoise(model.channels, lat, nlon, amplitudes, device=device)
@@ -289,7 +308,11 @@ def run_block(plan: Plan, block: Block, emit, device: torch.device, compute_lock
     hours0 = float(to_hours(np.asarray([plan.init_time]))[0])
     wanted = {int(h) // plan.step_hours: i for i, h in enumerate(plan.output_leads)}
     # a stochastic checkpoint's members each step with their own model noise (None otherwise)
-    noise = model.noise_stream(plan.layout.noise_seeds(block, plan.settings.base_seed, plan.init_time), plan.step_hours)
+    noise = model.noise_stream(
+        plan.layout.noise_seeds(block, plan.settings.base_seed, plan.init_time),
+        plan.step_hours,
+        enabled=plan.settings.model_noise,
+    )
     for k in range(plan.steps + 1):
         if k in wanted:
             emit(wanted[k], state)
@@ -308,13 +331,14 @@ class Writer:
     For each lead it writes the block's members where they are not complete and folds them
     into that lead's stored statistics where those lack the block, so it holds one lead.
 
-    `compute_lock`: on a CPU the model's steps and the statistics share the same cores, so
-    running them side by side buys little time and makes the peak memory the sum of a step's
-    activations and a lead's statistics temporaries, more or less of both as the two threads
-    happen to meet (at 0.25° the same run's peak varied by ±0.3 GB). The engine passes one lock
-    to both on a CPU, so a lead's statistics run between steps and the peak is the larger of
-    the two; the member writes (I/O) still overlap the steps. On a GPU the step runs on the
-    device while the statistics run on the host: no lock, full overlap."""
+    `compute_lock` (`run_ensemble(low_memory=True)` on a CPU): the model's steps and the
+    statistics then take turns instead of running side by side. Side by side, the peak memory
+    is a step's activations plus a lead's statistics temporaries, more or less of both as the
+    two threads happen to meet (at 0.25° the same run's peak varied by ±0.3 GB); taking turns,
+    it is the larger of the two (1.6 GB less at 0.25°) but the CPU's cores are no longer shared
+    between them (55 % more time for a 15-day run there: README, bench_scale). The member
+    writes (I/O) overlap the steps either way. On a GPU the step runs on the device and the
+    statistics on the host: no lock."""
 
     def __init__(
         self, plan: Plan, store: ForecastStore, init_index: int, state: OnlineState, depth: int = 2, compute_lock=None
@@ -480,12 +504,15 @@ def run_ensemble(
     device: str | None = None,
     progress: bool = True,
     blocks: Sequence[int] | None = None,
+    low_memory: bool = False,
 ) -> dict:
     """Run (or resume) the ensemble from `init_time` into the store at `out`. Returns a summary.
 
     `blocks` limits the run to those block indices (a worker's share); None runs all. Several
     processes may run disjoint (or even the same) blocks of one init time at once: each folds
-    its blocks into the store's per-lead statistics under that lead's lock."""
+    its blocks into the store's per-lead statistics under that lead's lock. `low_memory` (a
+    CPU run): the statistics run between the model's steps, not beside them (`Writer`); the
+    results are the same."""
     dev = torch.device(device) if device else _default_device()
     plan = plan_run(archive, packages, init_time, settings)
     store, init_index = open_or_create_store(plan, out)
@@ -508,7 +535,7 @@ def run_ensemble(
     )
     # before the first write: what killed writes left in the chunks these blocks rewrite
     store.remove_stray_temp_files(init_index, [w.block for w in todo if w.write_members])
-    compute_lock = threading.Lock() if dev.type == "cpu" else None  # see Writer
+    compute_lock = threading.Lock() if low_memory and dev.type == "cpu" else None  # see Writer
     writer = Writer(plan, store, init_index, state, compute_lock=compute_lock)
     bar = tqdm(total=len(todo) * (plan.steps + 1) * plan.block_size, desc="member-steps", unit="", disable=not progress)
     try:

@@ -339,7 +339,7 @@ class BredVectors:
         analyses: torch.Tensor,
         time_hours: float,
         rmse_48h: torch.Tensor,
-        fraction: float = BRED_FRACTION,
+        fraction: float | torch.Tensor = BRED_FRACTION,
         seed_channel: str = "z500",
         step_hours: int = 6,
         noise_seed: int = 0,
@@ -353,7 +353,7 @@ class BredVectors:
         self.model = model
         self.analyses = analyses
         self.time_hours = float(time_hours)
-        self.target = fraction * rmse_48h.to(torch.float64)
+        self.target = torch.as_tensor(fraction, dtype=torch.float64) * rmse_48h.to(torch.float64)  # per channel
         self.seed_index = model.channels.index(seed_channel)
         self.step_hours = step_hours
         self.noise_seed = int(noise_seed)  # a stochastic model's noise, shared by control and perturbed states

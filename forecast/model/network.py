@@ -182,10 +182,11 @@ class ForecastModel(nn.Module):
     def stochastic(self) -> bool:
         return self.noise is not None
 
-    def noise_stream(self, seeds, step_hours: float) -> NoiseStream:
+    def noise_stream(self, seeds, step_hours: float, enabled: bool = True) -> NoiseStream:
         """The model noise of a batch of members (one seed each) over a rollout; for a
-        deterministic checkpoint a stream whose `current` is None."""
-        return NoiseStream(self.noise, seeds, step_hours)
+        deterministic checkpoint a stream whose `current` is None; `enabled` False holds a
+        stochastic checkpoint's noise at zero."""
+        return NoiseStream(self.noise, seeds, step_hours, enabled)
 
     def forward(self, state: torch.Tensor, time_hours: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """`noise`: the model noise of this step (`noise_stream(...).current`), required by a

@@ -109,12 +109,17 @@ class SphericalARNoise(torch.nn.Module):
 class NoiseStream:
     """The model noise of a batch of members over a rollout: `current` is this step's
     coefficients, `advance()` moves to the next step. For a deterministic checkpoint
-    (`process` None) `current` is None and `advance` does nothing."""
+    (`process` None) `current` is None and `advance` does nothing; `enabled` False holds a
+    stochastic checkpoint's noise at zero."""
 
-    def __init__(self, process: SphericalARNoise | None, seeds: Sequence[int], step_hours: float):
-        self.process, self.step_hours = process, float(step_hours)
-        self.generators = process.generators(seeds) if process is not None else []
-        self.current = process.start(self.generators) if process is not None else None
+    def __init__(self, process: SphericalARNoise | None, seeds: Sequence[int], step_hours: float, enabled: bool = True):
+        self.process, self.step_hours = (process if enabled else None), float(step_hours)
+        self.generators = self.process.generators(seeds) if self.process is not None else []
+        self.current = self.process.start(self.generators) if self.process is not None else None
+        if process is not None and not enabled:  # the stochastic network's input, held at zero
+            f, lmax, mmax = process.amplitude.shape
+            dtype = torch.complex64 if process.dtype == torch.float32 else torch.complex128
+            self.current = torch.zeros((len(seeds), f, lmax, mmax), dtype=dtype, device=process.device)
 
     def advance(self) -> None:
         if self.process is not None:
