@@ -24,9 +24,10 @@ INIT = "2001-11-01T00"
 ROOT = str(Path(__file__).resolve().parents[1])
 
 
-def _run(world_archive, packages, out, **settings):
+def _run(world_archive, packages, out, low_memory=False, **settings):
     base = {"perturbations": 3, "lead_hours": 48, "block_size": 4, "thresholds": {"t2m": (280.0, 290.0)}}
-    return run_ensemble(world_archive, packages, INIT, str(out), RunSettings(**{**base, **settings}), progress=False)
+    settings = RunSettings(**{**base, **settings})
+    return run_ensemble(world_archive, packages, INIT, str(out), settings, progress=False, low_memory=low_memory)
 
 
 @pytest.fixture(scope="module")
@@ -83,15 +84,7 @@ def test_low_memory_takes_turns_and_gives_the_same_store(reference, world_archiv
     """`low_memory`: the statistics run between the model's steps instead of beside them; every
     member, statistic and count is the same, bit for bit."""
     out, _ = reference
-    run_ensemble(
-        world_archive,
-        world_packages,
-        INIT,
-        str(tmp_path / "low.zarr"),
-        RunSettings(perturbations=3, lead_hours=48, block_size=4, thresholds={"t2m": (280.0, 290.0)}),
-        progress=False,
-        low_memory=True,
-    )
+    _run(world_archive, world_packages, tmp_path / "low.zarr", low_memory=True)
     ref, low = ForecastStore.open(str(out)).group, ForecastStore.open(str(tmp_path / "low.zarr")).group
     for name in ("fields", "ensemble_mean", "ensemble_variance", "ensemble_min", "ensemble_max", "exceedance_count"):
         assert np.array_equal(ref[name][:], low[name][:]), name

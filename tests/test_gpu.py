@@ -54,14 +54,15 @@ def _network():
     return network
 
 
-def tiny_model(seed: int = 0):
-    """A small untrained SFNO on the 33 x 64 grid (random weights, realistic statistics)."""
+def tiny_model(seed: int = 0, **config):
+    """A small untrained SFNO on the 33 x 64 grid (random weights, realistic statistics);
+    `config`: ModelConfig fields over embed 8, 1 layer."""
     network = _network()
     ForecastModel, ModelConfig = network.ForecastModel, network.ModelConfig
 
     torch.manual_seed(seed)
     return ForecastModel(
-        ModelConfig(embed_dim=8, num_layers=1),
+        ModelConfig(**{"embed_dim": 8, "num_layers": 1, **config}),
         CHANNELS,
         torch.from_numpy(LAT),
         torch.arange(NLON) * 360.0 / NLON,
@@ -163,19 +164,7 @@ def test_a_model_step_on_the_device_matches_the_cpu():
 def test_a_stochastic_model_draws_its_noise_and_steps_on_the_device():
     """Model noise on the device from per-member generators there: a member's stream does not
     depend on its batch (bit for bit), and its step matches the CPU's as the deterministic one does."""
-    network = _network()
-    torch.manual_seed(0)
-    model = network.ForecastModel(
-        network.ModelConfig(embed_dim=8, num_layers=2, noise_length_scales_km=(1000.0, 4000.0)),
-        CHANNELS,
-        torch.from_numpy(LAT),
-        torch.arange(NLON) * 360.0 / NLON,
-        mean=torch.tensor([55_000.0, 270.0, 0.002]),
-        std=torch.tensor([3_000.0, 15.0, 0.002]),
-        diff_std=torch.tensor([300.0, 1.5, 0.0005]),
-        static=torch.zeros(2, len(LAT), NLON),
-        non_negative=[False, False, True],
-    ).eval()
+    model = tiny_model(num_layers=2, noise_length_scales_km=(1000.0, 4000.0))
     for film in model.net.films:
         film.weight.normal_(std=0.2)  # as if trained: the noise matters
     state = tiny_analyses(0)[:1].repeat(3, 1, 1, 1)

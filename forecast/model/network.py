@@ -149,6 +149,7 @@ class ForecastModel(nn.Module):
         s = (s - s.mean(dim=(1, 2), keepdim=True)) / s.std(dim=(1, 2), keepdim=True).clamp_min(1e-12)
         self.register_buffer("static", s[None])
         self.register_buffer("non_negative", torch.tensor(non_negative, dtype=torch.bool).view(1, c, 1, 1))
+        self._clips = any(non_negative)  # known here: no device sync per step
         sfno = dict(
             img_size=(nlat, nlon),
             grid=config.grid,
@@ -206,13 +207,13 @@ class ForecastModel(nn.Module):
         features = torch.cat([x, self.static.expand(b, -1, -1, -1).to(x.dtype), zenith], dim=1)
         y = self.net(features) if noise is None else self.net(features, noise)
         del x, features
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and y.dtype == state.dtype:
             # In place on the network's output (the same values: products and sums commute):
             # at 0.25° each temporary is a block-sized field, and the writer thread works
             # beside this step (README, bench_scale).
             y.mul_(self.diff_std if self.config.residual_prediction else self.std)
             y.add_(state if self.config.residual_prediction else self.mean)
-            return torch.where(self.non_negative, y.clamp_min(0.0), y, out=y) if self.non_negative.any() else y
+            return torch.where(self.non_negative, y.clamp_min(0.0), y, out=y) if self._clips else y
         if self.config.residual_prediction:
             out = state + self.diff_std * y
         else:

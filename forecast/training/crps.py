@@ -42,6 +42,19 @@ def almost_fair_crps(members: torch.Tensor, target: torch.Tensor, alpha: float =
     return skill - (1.0 - eps) * pairs / (m * (m - 1))  # Σ_{j,k} = 2 Σ_{j<k}
 
 
+def loss_weights(model, channel_weights: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights (1, channel, lat, 1): channel weight normalised to mean 1 × cell area of mean 1,
+    scale (1, channel, 1, 1): the one-step difference std), beside the model's buffers, so a
+    loss works whether the model is on the CPU or a GPU (the weights are built on the CPU)."""
+    unknown = set(channel_weights) - set(model.channels)
+    if unknown:
+        raise ValueError(f"channel_weights name channels not in the model: {sorted(unknown)}")
+    area = torch.from_numpy(cell_area_weights(model.lat.detach().cpu().numpy())).float()
+    cw = torch.tensor([channel_weights.get(c, 1.0) for c in model.channels])
+    weights = (cw / cw.mean()).view(1, -1, 1, 1) * area.view(1, 1, -1, 1)
+    return weights.to(model.diff_std.device), model.diff_std.detach().clone()
+
+
 class CRPSLoss(torch.nn.Module):
     """Mean over batch, channel and grid of area weight × channel weight × afCRPS_α of the
     members (batch, member, channel, lat, lon) against the target (batch, channel, lat, lon),
@@ -49,14 +62,9 @@ class CRPSLoss(torch.nn.Module):
 
     def __init__(self, model, channel_weights: dict[str, float], alpha: float = 0.95):
         super().__init__()
-        unknown = set(channel_weights) - set(model.channels)
-        if unknown:
-            raise ValueError(f"channel_weights name channels not in the model: {sorted(unknown)}")
-        area = torch.from_numpy(cell_area_weights(model.lat.detach().cpu().numpy())).float()
-        cw = torch.tensor([channel_weights.get(c, 1.0) for c in model.channels])
-        weights = (cw / cw.mean()).view(1, -1, 1, 1) * area.view(1, 1, -1, 1)
-        self.register_buffer("weights", weights.to(model.diff_std.device))
-        self.register_buffer("scale", model.diff_std.detach().clone())
+        weights, scale = loss_weights(model, channel_weights)
+        self.register_buffer("weights", weights)
+        self.register_buffer("scale", scale)
         self.alpha = float(alpha)
 
     def forward(self, members: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -33,10 +33,9 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from forecast.archive import Archive
-from forecast.grid import cell_area_weights
 from forecast.model import ForecastModel, ModelConfig, save_package
 from forecast.training import distributed
-from forecast.training.crps import CRPSLoss
+from forecast.training.crps import CRPSLoss, loss_weights
 from forecast.training.data import ArchiveWindows, model_from_archive
 from forecast.training.skill import LEADS_HOURS, climatology_map, lead_steps, score
 
@@ -129,16 +128,9 @@ class WeightedLoss(torch.nn.Module):
 
     def __init__(self, model: ForecastModel, channel_weights: dict[str, float]):
         super().__init__()
-        unknown = set(channel_weights) - set(model.channels)
-        if unknown:
-            raise ValueError(f"channel_weights name channels not in the model: {sorted(unknown)}")
-        # The weights are built on the CPU (numpy) and put beside the model's buffers, so the
-        # loss works whether the model is on the CPU or a GPU.
-        area = torch.from_numpy(cell_area_weights(model.lat.detach().cpu().numpy())).float()
-        cw = torch.tensor([channel_weights.get(c, 1.0) for c in model.channels])
-        weights = (cw / cw.mean()).view(1, -1, 1, 1) * area.view(1, 1, -1, 1)
-        self.register_buffer("weights", weights.to(model.diff_std.device))
-        self.register_buffer("scale", model.diff_std.detach().clone())
+        weights, scale = loss_weights(model, channel_weights)
+        self.register_buffer("weights", weights)
+        self.register_buffer("scale", scale)
 
     def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         err = (prediction - target) / self.scale
