@@ -32,8 +32,8 @@ from torch_harmonics import InverseRealSHT
 
 from forecast.grid import cell_area_weights
 from forecast.harmonics import build
+from forecast.model.noise import heat_kernel_spectrum, member_generator, standard_normal
 
-EARTH_RADIUS_M = 6_371_000.0
 SEED_LENGTH_SCALE_M = 500_000.0
 BRED_FRACTION = 0.35  # of the package's 48-hour RMSE
 BREEDING_CYCLES = 3
@@ -54,10 +54,6 @@ def area_rms(field: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     whatever the field's dtype); `weights` per latitude row."""
     w = weights.to(device=field.device, dtype=torch.float64)
     return torch.sqrt((field.square().mean(-1, dtype=torch.float64) * w).sum(-1) / w.sum())
-
-
-def _generator(seed: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
 def spectral_truncation(sigma: np.ndarray, tail: float) -> int:
@@ -125,11 +121,8 @@ class SphericalNoise(torch.nn.Module):
     def white(self, seeds: Sequence[int], count: int = 1) -> torch.Tensor:
         """(len(seeds), count, lmax, mmax, 2) standard normal numbers on the module's device:
         row i from seed i's own generator, drawn in one call."""
-        lmax, mmax = self.amplitude.shape
-        out = torch.empty((len(seeds), count, lmax, mmax, 2), dtype=self.dtype, device=self.device)
-        for i, seed in enumerate(seeds):
-            torch.randn(out.shape[1:], generator=_generator(seed, self.device), out=out[i])
-        return out
+        generators = [member_generator(seed, self.device) for seed in seeds]
+        return standard_normal(generators, (count, *self.amplitude.shape, 2), self.dtype, self.device)
 
     def synthesize(self, white: torch.Tensor) -> torch.Tensor:
         """Fields (..., lat, lon) of unit area-weighted RMS from white coefficients
@@ -169,8 +162,7 @@ class SeedSpectrum:
     length_scale_m: float = SEED_LENGTH_SCALE_M
 
     def __call__(self, ell: np.ndarray) -> np.ndarray:
-        k_t = (self.length_scale_m / EARTH_RADIUS_M) ** 2 / 2
-        return np.exp(-k_t * ell * (ell + 1) / 2)
+        return heat_kernel_spectrum(self.length_scale_m, ell)
 
 
 @dataclasses.dataclass(frozen=True)

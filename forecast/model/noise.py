@@ -52,16 +52,34 @@ class NoiseSpec:
         return len(self.length_scales_km)
 
 
+def heat_kernel_spectrum(length_scale_m: float, ell: np.ndarray) -> np.ndarray:
+    """σ_l = exp(−k l(l+1)/2), k = (L/R_earth)²/2: the form of the model noise and of the
+    bred-vector seed (`forecast.ensemble.perturbation.SeedSpectrum`)."""
+    k = (length_scale_m / EARTH_RADIUS_M) ** 2 / 2
+    return np.exp(-k * ell * (ell + 1) / 2)
+
+
 def unit_variance_spectrum(length_scale_m: float, lmax: int) -> np.ndarray:
     """σ_l (l < lmax) of the heat-kernel form, scaled to Σ_l (2l + 1)/(4π) σ_l² = 1."""
     ell = np.arange(lmax, dtype=np.float64)
-    k = (length_scale_m / EARTH_RADIUS_M) ** 2 / 2
-    sigma = np.exp(-k * ell * (ell + 1) / 2)
+    sigma = heat_kernel_spectrum(length_scale_m, ell)
     return sigma / math.sqrt(((2 * ell + 1) / (4 * math.pi) * sigma**2).sum())
 
 
-def _generator(seed: int, device: torch.device) -> torch.Generator:
+def member_generator(seed: int, device: torch.device) -> torch.Generator:
+    """One member's own random stream on `device` (a 63-bit seed)."""
     return torch.Generator(device=device).manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def standard_normal(
+    generators: Sequence[torch.Generator], shape: Sequence[int], dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """(len(generators), *shape) standard normal numbers, row i drawn from generator i alone:
+    a member's numbers never depend on the other members of its batch."""
+    out = torch.empty((len(generators), *shape), dtype=dtype, device=device)
+    for i, g in enumerate(generators):
+        torch.randn(out.shape[1:], generator=g, out=out[i])
+    return out
 
 
 class SphericalARNoise(torch.nn.Module):
@@ -88,14 +106,11 @@ class SphericalARNoise(torch.nn.Module):
         return self.amplitude.device
 
     def generators(self, seeds: Sequence[int]) -> list[torch.Generator]:
-        return [_generator(s, self.device) for s in seeds]
+        return [member_generator(s, self.device) for s in seeds]
 
     def _white(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
         """(batch, field, lmax, lmax) complex coefficients of variance σ_l², member i from generator i."""
-        f, lmax, mmax = self.amplitude.shape
-        out = torch.empty((len(generators), f, lmax, mmax, 2), dtype=self.dtype, device=self.device)
-        for i, g in enumerate(generators):
-            torch.randn(out.shape[1:], generator=g, out=out[i])
+        out = standard_normal(generators, (*self.amplitude.shape, 2), self.dtype, self.device)
         return torch.complex(out[..., 0], out[..., 1] * self.has_imaginary) * self.amplitude
 
     def start(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
