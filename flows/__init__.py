@@ -1,5 +1,5 @@
-"""Prefect flows over the `forecast` library: ingest, train, ensemble, daily (the forecast
-flow), diagnose, hindcast, serve, demo."""
+"""Prefect flows over the `forecast` library: ingest, train, calibrate, ensemble, daily (the
+forecast flow), diagnose, hindcast, serve, demo."""
 
 import os
 

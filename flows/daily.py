@@ -26,6 +26,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.diagnose import score
 from forecast.archive import Archive
+from forecast.calibration import apply_calibration
 from forecast.ensemble.engine import RunSettings, run_ensemble
 from forecast.locks import exclusive
 from forecast.report import write_report
@@ -124,10 +125,13 @@ def forecast_flow(
     cycle_hours: int = 24,
     latency_hours: int = 6,
     progress: bool = False,
+    calibration: str | None = None,
 ) -> dict:
     """The forecast from `init_time` (default: from the scheduled start time) into `out_dir`
     (forecast.zarr, scores.zarr, report-INIT.md, plots-INIT/). `progress` shows the
-    ensemble's progress bar (for a terminal; scheduled runs log instead)."""
+    ensemble's progress bar (for a terminal; scheduled runs log instead). `calibration`: a
+    `forecast calibrate` file, read when the run starts (a recalibration reaches the next
+    run), whose per-channel amplitudes replace the settings' (the store records the values)."""
     logger = get_run_logger()
     step_hours = Archive.open(archive).time_step_hours
     if init_time is None:
@@ -135,10 +139,13 @@ def forecast_flow(
 
         init_time = resolve_init_time(flow_run.scheduled_start_time, cycle_hours, latency_hours, step_hours)
     init_time = check_init_time(init_time, step_hours)
-    run_settings = dataclasses.asdict(RunSettings.from_dict({**(settings or {}), "score": True}))
+    run = RunSettings.from_dict({**(settings or {}), "score": True})
+    if calibration:
+        run = apply_calibration(run, calibration, packages)
+    run_settings = dataclasses.asdict(run)
     p = paths_for(out_dir)
     parameters = {"archive": archive, "packages": packages, "out_dir": out_dir, "init_time": init_time,
-                  "settings": settings, "sources": sources}  # fmt: skip
+                  "settings": settings, "sources": sources, "calibration": calibration}  # fmt: skip
     try:
         with exclusive(f"{p['store']}.run-{init_time}.lock", f"the forecast from {init_time}"):
             if sources:

@@ -1,9 +1,11 @@
 """Prefect flow: the whole chain on the built-in world, from nothing (`forecast demo`).
 
-world → ingest → train one checkpoint per seed → hindcasts → M-climate → the forecast flow
-(ensemble with online scores, diagnose, report). Every step is a library function; every
+world → ingest → train one checkpoint per seed → calibration of the perturbation amplitudes
+on validation init times (if configured) → hindcasts → M-climate → the forecast flow
+(ensemble with online scores, diagnose, report), the hindcasts and the forecast with the
+calibrated amplitudes. Every step is a library function; every
 output lands under `out`: world/, archive.zarr (+ archive.side.zarr, the M-climate),
-packages/seedNNN/, hindcast.zarr, forecast/ (forecast.zarr, scores.zarr, report and plots).
+packages/seedNNN/, calibration.json, hindcast.zarr, forecast/ (forecast.zarr, scores.zarr, report and plots).
 Rerunning into the same directory reuses what is there (ingest skips known files, training
 resumes, the ensembles skip complete blocks).
 """
@@ -15,9 +17,12 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
+from flows.calibrate import calibrate_flow
 from flows.daily import forecast_flow, run_members
 from flows.train import train_flow
+from forecast.calibration import apply_calibration
 from forecast.config import CONFIG_DIR, DemoConfig, config_path, load
+from forecast.ensemble.engine import RunSettings
 
 
 @task(task_run_name="simulate the world")
@@ -59,11 +64,26 @@ def demo_flow(out: str, config: str = str(CONFIG_DIR / "demo.yaml"), progress: b
     packages = [r["package"] for r in trained]
     e = cfg.ensemble
     settings = {"perturbations": e.perturbations, "lead_hours": e.lead_hours, "output_leads": e.output_leads}
+    calibration = None
+    if cfg.calibration is not None:
+        c = cfg.calibration
+        calibration = str(root / "calibration.json")
+        if not Path(calibration).exists():
+            calibrate_flow(
+                archive, packages, c.inits, calibration, {"perturbations": c.perturbations}, c.candidates, c.days,
+            )  # fmt: skip
+    hindcast_settings = {**settings, "score": False}
+    if calibration:  # the M-climate is the forecast's own ensemble: the same amplitudes
+        calibrated = apply_calibration(RunSettings.from_dict(hindcast_settings), calibration, packages)
+        hindcast_settings = dataclasses.asdict(calibrated)
     hindcast = str(root / "hindcast.zarr")
     for init in e.hindcasts:  # the model's own climate, for the EFI
-        run_members(archive, packages, init, hindcast, {**settings, "score": False}, progress)
+        run_members(archive, packages, init, hindcast, hindcast_settings, progress)
     mclimate(archive, hindcast, e.init_time, e.mclimate_window_days)
     forecast_dir = str(root / "forecast")
-    result = forecast_flow(archive, packages, forecast_dir, init_time=e.init_time, settings=settings, progress=progress)
+    result = forecast_flow(
+        archive, packages, forecast_dir, init_time=e.init_time, settings=settings, progress=progress,
+        calibration=calibration,
+    )  # fmt: skip
     logger.info("demo done: report %s", result["report"])
-    return {"archive": archive, "packages": packages, "hindcast": hindcast, **result}
+    return {"archive": archive, "packages": packages, "hindcast": hindcast, "calibration": calibration, **result}

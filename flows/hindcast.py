@@ -20,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.daily import check_init_time, run_members
 from forecast.archive import Archive
+from forecast.calibration import apply_calibration
 from forecast.ensemble.engine import RunSettings
 from forecast.ensemble.progress import init_complete
 from forecast.ensemble.store import ForecastStore, StoreError
@@ -68,12 +69,16 @@ def hindcast_flow(
     max_concurrent: int = 2,
     mclimate_dates: list[str] | None = None,
     mclimate_window_days: int = 15,
+    calibration: str | None = None,
 ) -> dict:
     logger = get_run_logger()
     if max_concurrent < 1:
         raise ValueError(f"max_concurrent must be >= 1, got {max_concurrent}")
     store = str(Path(out_dir) / "hindcast.zarr")
-    run_settings = dataclasses.asdict(RunSettings.from_dict(settings))
+    run = RunSettings.from_dict(settings)
+    if calibration:  # the M-climate's ensemble must be the forecast's: the same amplitudes
+        run = apply_calibration(run, calibration, packages)
+    run_settings = dataclasses.asdict(run)
     wanted = init_times(start, end, every_hours, Archive.open(archive).time_step_hours)
     done = completed_inits(store)
     todo = [t for t in wanted if t not in done]

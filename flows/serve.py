@@ -43,6 +43,7 @@ def deployments(cfg: OperationsConfig) -> list:
             "sources": [absolute(s) for s in cfg.sources] if cfg.sources else None,
             "cycle_hours": cfg.cycle_hours,
             "latency_hours": cfg.latency_hours,
+            "calibration": absolute(cfg.calibration) if cfg.calibration else None,
         },
         description=f"the ensemble forecast, {cfg.cron} ({cfg.timezone}); init time from the scheduled time",
     )
@@ -53,6 +54,7 @@ def deployments(cfg: OperationsConfig) -> list:
             "out_dir": absolute(cfg.hindcast_dir or str(Path(cfg.out_dir) / "hindcast")),
             "settings": settings,
             "max_concurrent": cfg.hindcast_max_concurrent,
+            "calibration": absolute(cfg.calibration) if cfg.calibration else None,
         },
         description="hindcasts over a date range: run with --param start=... --param end=...",
     )

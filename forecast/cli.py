@@ -1,4 +1,4 @@
-"""The `forecast` command line: demo, world, ingest, train, run, regenerate, mclimate, diagnose,
+"""The `forecast` command line: demo, world, ingest, train, run, calibrate, regenerate, mclimate, diagnose,
 backfill, serve, stats, info. User errors (bad input, bad config) print one line and exit 2;
 -v shows the traceback."""
 
@@ -128,6 +128,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "model_noise": False if args.no_model_noise else None,
     }
     settings = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    if args.calibration:
+        from forecast.calibration import apply_calibration
+
+        settings = apply_calibration(settings, args.calibration, args.packages)
     start = time.perf_counter()
     init = _time(args.init_time, "--init-time")
     summary = run_ensemble(
@@ -144,6 +148,49 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"{summary['store']}: {summary['members']} members from {summary['init_time']}, "
         f"{summary['blocks_run']} blocks of {summary['block_size']} run in {time.perf_counter() - start:.1f} s"
     )
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from forecast.calibration import DEFAULT_CANDIDATES, DEFAULT_DAYS, calibrate
+    from forecast.ensemble.engine import RunSettings
+
+    _check_inputs(args.archive, args.packages)
+    settings = load(RunSettings, args.config)
+    overrides = {"perturbations": args.perturbations, "perturbation": args.perturbation, "base_seed": args.seed}
+    settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    if args.no_model_noise:
+        settings = dataclasses.replace(settings, model_noise=False)
+    inits = [_time(t, "--init-times") for t in args.init_times or []]
+    if args.valid_start or args.valid_end:
+        if not (args.valid_start and args.valid_end) or inits:
+            raise ValueError("give --valid-start and --valid-end (with --every-days), or --init-times")
+        lo, hi = (
+            np.datetime64(_time(v, o), "h")
+            for v, o in ((args.valid_start, "--valid-start"), (args.valid_end, "--valid-end"))
+        )
+        inits = [str(t) for t in np.arange(lo, hi + np.timedelta64(1, "h"), np.timedelta64(24 * args.every_days, "h"))]
+    start = time.perf_counter()
+    result = calibrate(
+        args.archive,
+        args.packages,
+        inits,
+        args.out,
+        settings,
+        candidates=args.candidates or DEFAULT_CANDIDATES,
+        days=args.days or DEFAULT_DAYS,
+        channels=args.channels,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    took = time.perf_counter() - start
+    print(f"{args.out}: {len(inits)} init times, {len(result['candidates'])} amplitudes, {took:.0f} s")
+    print(f"  common amplitude {result['amplitude']:.3g}; per channel:")
+    for c, a in result["channel_amplitudes"].items():
+        chosen, common = result["chosen"][c], result["common"][c]
+        print(f"    {c:>8} {a:6.3g}  CRPS {chosen['crps']:.4g} (common {common['crps']:.4g})  SSR {chosen['ssr']:.2f}")
     return 0
 
 
@@ -291,6 +338,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"demo: {state.name} in {time.perf_counter() - start:.0f} s under {out}")
     print(f"  archive   {result['archive']}")
     print(f"  packages  {', '.join(result['packages'])}")
+    if result.get("calibration"):
+        print(f"  calibration {result['calibration']}")
     print(f"  forecast  {result['store']} ({result['members']} members from {result['init_time']})")
     print(f"  scores    {result['scores']}")
     print(f"  report    {result['report']}")
@@ -304,7 +353,9 @@ the chain, step by step:
   forecast world --out world/                      # or your ERA5 files
   forecast ingest world/ --archive archive.zarr
   forecast train --archive archive.zarr --seed 0 --out packages/seed000
+  forecast calibrate --archive archive.zarr --packages packages/seed* --init-times 2000-11-26T00 --out cal.json
   forecast run --archive archive.zarr --packages packages/seed* --init-time 2000-12-10T00 --out fc.zarr
+      [--calibration cal.json]
   forecast diagnose --store fc.zarr --archive archive.zarr --out scores.zarr --plots plots/
 or all of it at once: forecast demo --out demo-output
 daily operation: forecast serve --config ops.yaml (a copy of the shipped operations.yaml; see the README)
@@ -393,7 +444,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="on a CPU, compute the statistics between model steps, not beside them: a lower, steadier "
         "peak (1.6 GB less at 0.25 degrees) for more time (about 1.5x for 15 days there)",
     )
+    r.add_argument(
+        "--calibration", help="a forecast calibrate file: its per-channel amplitudes (for these packages only)"
+    )
     r.set_defaults(func=_cmd_run)
+
+    c = sub.add_parser(
+        "calibrate",
+        help="choose the perturbation amplitude per channel on validation hindcasts (fair CRPS, days 3-10)",
+    )
+    c.add_argument("--archive", required=True, help="archive with the analyses of the validation period")
+    c.add_argument("--packages", nargs="+", required=True, help="the model packages the runs will use")
+    c.add_argument("--init-times", nargs="+", help="validation init times (never the test period)")
+    c.add_argument("--valid-start", help="or: validation init times from here ...")
+    c.add_argument("--valid-end", help="... to here ...")
+    c.add_argument("--every-days", type=int, default=7, help="... every this many days (default 7)")
+    c.add_argument("--config", default=_shipped("ensemble.yaml"), help="run settings (options override)" + CONFIG_HELP)
+    c.add_argument("--perturbations", type=int, help="perturbations per checkpoint, each used +/-")
+    c.add_argument("--perturbation", choices=["bred", "noise", "grf"], help="default: the config's")
+    c.add_argument("--no-model-noise", action="store_true", help="calibrate with the model noise held at zero")
+    c.add_argument("--seed", type=int, help="base seed of the member seeds")
+    c.add_argument("--candidates", type=float, nargs="+", help="amplitudes to try (x the 48-hour RMSE)")
+    c.add_argument("--days", type=int, nargs="+", help="lead days whose CRPS is minimised (default 3..10)")
+    c.add_argument("--channels", nargs="+", help="channels given their own amplitude (default: all)")
+    c.add_argument("--out", required=True, help="the calibration file (JSON) to write")
+    c.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    c.set_defaults(func=_cmd_calibrate)
 
     g = sub.add_parser(
         "regenerate",
@@ -474,13 +550,14 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "httpcore", "jax._src.xla_bridge"):  # one line per HTTP call to Prefect's API
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from forecast.archive import ArchiveError
+    from forecast.calibration import CalibrationError
     from forecast.ensemble.store import StoreError
     from forecast.ingest.sources import IngestError
     from forecast.model import PackageError
 
     try:
         return args.func(args)
-    except (IngestError, ArchiveError, ConfigError, StoreError, PackageError, ValueError) as e:
+    except (IngestError, ArchiveError, ConfigError, StoreError, PackageError, CalibrationError, ValueError) as e:
         if args.verbose:
             raise
         print(f"error: {e}", file=sys.stderr)

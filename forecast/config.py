@@ -94,11 +94,27 @@ class DemoEnsembleConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DemoCalibrationConfig:
+    """`forecast calibrate` inside the demo: validation init times apart from the forecast's
+    and the hindcasts' (the demo's scores are then not those the amplitudes were chosen on)."""
+
+    inits: list[str] = dataclasses.field(default_factory=lambda: ["2000-11-27T00", "2000-11-30T00", "2000-12-21T00"])
+    candidates: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.2, 0.5])
+    days: list[int] = dataclasses.field(default_factory=lambda: [3, 4, 5])
+    perturbations: int = 2
+
+    def __post_init__(self):
+        if not self.inits or len(self.candidates) < 2 or not self.days or self.perturbations < 1:
+            raise ConfigError("calibration: give init times, two or more candidates, lead days and perturbations >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
 class DemoConfig:
     world: WorldConfig = WorldConfig()
     ingest: IngestConfig = IngestConfig()
     train: DemoTrainConfig = DemoTrainConfig()
     ensemble: DemoEnsembleConfig = DemoEnsembleConfig()
+    calibration: DemoCalibrationConfig | None = None  # None: the ensemble config's amplitudes
 
 
 def shipped_configs() -> list[str]:
@@ -202,6 +218,7 @@ class OperationsConfig:
     perturbations: int | None = None  # overrides of the ensemble config
     lead_hours: int | None = None
     hindcast_max_concurrent: int = 2
+    calibration: str | None = None  # a `forecast calibrate` file for these packages (read by every run)
 
     def __post_init__(self):
         if not self.packages:

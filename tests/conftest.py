@@ -99,8 +99,8 @@ def prefect_server():
 @pytest.fixture(scope="session")
 def tiny_demo(prefect_server, tmp_path_factory) -> tuple[Path, str]:
     """`forecast demo` with a tiny configuration (two simulated months, two tiny checkpoints,
-    three hindcasts, 8 members for 24 h): the whole chain in about a minute. Returns (output
-    directory, what it printed)."""
+    a calibration from one validation init time, three hindcasts, 8 members for 24 h): the
+    whole chain in about a minute. Returns (output directory, what it printed)."""
     import contextlib
     import io
 
@@ -118,6 +118,7 @@ def tiny_demo(prefect_server, tmp_path_factory) -> tuple[Path, str]:
         f"train: {{config: {train}, seeds: [0, 1]}}\n"
         "ensemble: {init_time: '2000-02-24T00', hindcasts: ['2000-02-20T00', '2000-02-22T00', '2000-02-26T00'],"
         " mclimate_window_days: 5, perturbations: 2, lead_hours: 24}\n"
+        "calibration: {inits: ['2000-02-25T00'], candidates: [0.1, 1.0], days: [1], perturbations: 1}\n"
     )
     out = root / "out"
     printed = io.StringIO()

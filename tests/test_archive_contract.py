@@ -3,6 +3,8 @@ ingest is a no-op; the demo runs end to end."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import xarray as xr
 import zarr
@@ -10,6 +12,7 @@ from conftest import tree_digest
 
 from forecast.archive import Archive, open_archive
 from forecast.cli import main
+from forecast.ensemble.store import ForecastStore
 
 
 def test_world_archive_meets_the_contract(world_two_years, tmp_path, capsys):
@@ -59,8 +62,8 @@ def test_cli_reports_bad_input_with_exit_code_2(real_data, tmp_path, capsys):
 
 
 def test_demo_runs_the_whole_chain_into_one_directory(tiny_demo):
-    """A tiny demo configuration: two simulated months, two tiny checkpoints, hindcasts, the
-    M-climate, an ensemble with online scores, the scores store and the report."""
+    """A tiny demo configuration: two simulated months, two tiny checkpoints, the calibration,
+    hindcasts, the M-climate, an ensemble with online scores, the scores store and the report."""
     import asyncio
 
     from prefect.client.orchestration import get_client
@@ -73,6 +76,13 @@ def test_demo_runs_the_whole_chain_into_one_directory(tiny_demo):
     report = (out / "forecast" / "report-2000-02-24T00.md").read_text()
     assert "| z500 | 1 |" in report and "efi_maps" in report
     assert len(list((out / "forecast" / "plots-2000-02-24T00").glob("*.png"))) >= 6
+    # the calibration chose the amplitudes that the hindcasts and the forecast ran with
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert f"calibration {out / 'calibration.json'}" in printed
+    for store in (out / "hindcast.zarr", out / "forecast" / "forecast.zarr"):
+        settings = ForecastStore.open(str(store)).run["settings"]
+        assert settings["channel_amplitudes"] == calibration["channel_amplitudes"], store
+        assert settings["amplitude"] == calibration["amplitude"], store
 
     async def demo_runs():
         async with get_client() as client:

@@ -48,7 +48,7 @@ def _healthy(url: str) -> bool:
 
 def test_prefect_yaml_points_at_real_flows():
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    assert {d["name"] for d in spec["deployments"]} == {"daily", "backfill"}
+    assert {d["name"] for d in spec["deployments"]} == {"daily", "calibrate", "backfill"}
     for d in spec["deployments"]:
         path, name = d["entrypoint"].split(":")
         module = importlib.import_module(path.removesuffix(".py").replace("/", "."))

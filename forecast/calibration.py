@@ -1,0 +1,257 @@
+"""Calibration of the bred-vector amplitude per channel on a validation period (`forecast calibrate`).
+
+The amplitude of the initial perturbations (a fraction of each package's 48-hour RMSE) is the
+one free number of an ensemble that bred vectors cannot learn. `calibrate` chooses it per
+channel on hindcasts from validation init times, never the test period:
+
+1. for each candidate amplitude a (the same for every channel), a statistics-only hindcast
+   with online scores (`RunSettings(score=True, store_members=False)`) from every init time;
+2. per channel, the area-mean fair CRPS averaged over the init times and the lead days
+   (3..10 by default, relative to its value at the smallest candidate so that every lead
+   weighs the same); the channel's amplitude is the minimum of the parabola in log a through
+   the best candidate and its neighbours (the best candidate itself at the ends of the grid);
+3. a confirming hindcast with the chosen per-channel amplitudes, reported beside the best
+   single amplitude, so the file says what the per-channel choice bought.
+
+Why a sweep of one common amplitude and not a search per channel: the model couples the
+channels within a step, so a channel's CRPS depends on every channel's amplitude. The common
+sweep measures each channel's response at the other channels' same amplitude; the confirming
+run is where the coupling shows, and the file records both.
+
+The result is a JSON file (`CALIBRATION_FORMAT`) with the chosen `channel_amplitudes`, the
+sweep's scores, the init times and the digest of each package's weights. `forecast run
+--calibration FILE` and the daily flow (`calibration:` in the operations config) read it
+(`apply_calibration`), and refuse it for packages other than those it was made with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from forecast.ensemble.engine import RunSettings, run_ensemble
+from forecast.ensemble.store import open_forecast
+from forecast.model.package import read_config
+
+log = logging.getLogger(__name__)
+CALIBRATION_FORMAT = "forecast-calibration/1"
+DEFAULT_CANDIDATES = (0.0, 0.1, 0.2, 0.35, 0.5, 0.7, 1.0)
+DEFAULT_DAYS = (3, 4, 5, 6, 7, 8, 9, 10)
+
+
+class CalibrationError(ValueError):
+    pass
+
+
+def weights_digest(package: str | Path) -> str:
+    """sha256 of a package's weights: what the calibration was made for."""
+    h = hashlib.sha256()
+    with open(Path(package) / "weights.safetensors", "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_inits(packages: Sequence[str], inits: Sequence[np.datetime64], lead_hours: int) -> None:
+    """No init time whose forecast window touches a package's training period: calibrating on
+    data the model was fitted to would choose too small a spread."""
+    for p in packages:
+        period = read_config(p).get("training", {}).get("train_period")
+        if not period:
+            continue
+        lo, hi = (np.datetime64(str(t), "h") for t in period)
+        for t in inits:
+            if t <= hi and t + np.timedelta64(lead_hours, "h") >= lo:
+                raise CalibrationError(
+                    f"init time {t} (+{lead_hours} h) overlaps the training period {lo}..{hi} of {p}: "
+                    "calibrate on validation init times"
+                )
+
+
+def _sweep_scores(store: str, channels: Sequence[str], leads: Sequence[int]) -> dict[str, dict[str, np.ndarray]]:
+    """{channel: {crps, ssr, spread}} as (init, lead) arrays from a scored statistics-only
+    store; spread is the root of the area-mean ensemble variance (from the ratio and the RMSE)."""
+    ds = open_forecast(store).sel(lead_time=list(leads))
+    m = np.asarray(ds.member_count.values, np.float64)  # (init, lead)
+    out = {}
+    for c in channels:
+        s = ds.sel(channel=c)
+        ssr, rmse = np.asarray(s.spread_skill_ratio.values), np.asarray(s.ensemble_mean_rmse.values)
+        spread = ssr * rmse * np.sqrt(m / (m + 1))
+        out[c] = {"crps": np.asarray(s.crps.values, np.float64), "ssr": ssr, "spread": spread}
+    return out
+
+
+def _best(candidates: np.ndarray, cost: np.ndarray) -> float:
+    """The minimum of the parabola in log-amplitude through the best candidate and its
+    neighbours; the best candidate itself at an end of the grid or for a zero amplitude."""
+    i = int(np.nanargmin(cost))
+    if i == 0 or i == len(candidates) - 1 or candidates[i - 1] <= 0:
+        return float(candidates[i])
+    x = np.log(candidates[i - 1 : i + 2])
+    y = cost[i - 1 : i + 2]
+    a, b, _ = np.polyfit(x, y, 2)
+    if a <= 0:
+        return float(candidates[i])
+    return float(np.exp(np.clip(-b / (2 * a), x[0], x[2])))
+
+
+def calibrate(
+    archive: str,
+    packages: Sequence[str],
+    inits: Sequence[str],
+    out: str | Path,
+    settings: RunSettings = RunSettings(),
+    candidates: Sequence[float] = DEFAULT_CANDIDATES,
+    days: Sequence[int] = DEFAULT_DAYS,
+    channels: Sequence[str] | None = None,
+    work: str | Path | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Choose per-channel amplitudes on `inits` (validation init times); write the calibration
+    JSON to `out` and return it. `settings` are the run's (members, perturbation, model noise);
+    its amplitudes are what is calibrated. `channels` (default: the run's, or all) are those
+    given their own amplitude; the others keep the best common one. The hindcast stores go
+    under `work` (default: `out`.work, removed when done; one given is kept), and a rerun after
+    an interruption resumes them."""
+    candidates = np.asarray(sorted(set(float(a) for a in candidates)), np.float64)
+    if len(candidates) < 2 or candidates[0] < 0:
+        raise CalibrationError(f"give at least two amplitudes >= 0 to choose from, got {candidates.tolist()}")
+    if settings.perturbation == "none":
+        raise CalibrationError("perturbation 'none' has no amplitude to calibrate")
+    if not inits:
+        raise CalibrationError("give at least one validation init time")
+    leads = [24 * int(d) for d in days]
+    if min(leads) <= 0:
+        raise CalibrationError(f"lead days must be >= 1, got {list(days)}")
+    init_times = [np.datetime64(t, "h") for t in inits]
+    _check_inits(packages, init_times, max(leads))
+    out = Path(out)
+    keep_work = work is not None  # a work directory of the caller's is kept; our own is removed when done
+    work = Path(work) if work is not None else out.with_name(out.name + ".work")
+    base = dataclasses.replace(
+        settings,
+        lead_hours=max(leads),
+        output_leads=tuple(leads),
+        score=True,
+        store_members=False,
+        channel_amplitudes={},
+        thresholds={},
+    )
+
+    def hindcasts(name: str, run: RunSettings) -> str:
+        store = str(work / f"{name}.zarr")
+        for t in init_times:
+            run_ensemble(archive, packages, str(t), store, run, device=device, progress=progress)
+        return store
+
+    sweep = {}
+    for a in candidates:
+        log.info("calibration: amplitude %.3g on %d init times", a, len(init_times))
+        store = hindcasts(f"amplitude-{a:.4f}", dataclasses.replace(base, amplitude=float(a)))
+        have = [str(c) for c in open_forecast(store).channel.values]
+        sweep[float(a)] = _sweep_scores(store, have, leads)
+    names = list(channels) if channels is not None else have
+    unknown = sorted(set(names) - set(have))
+    if unknown:
+        raise CalibrationError(f"channels {unknown} are not in the run (it has {have})")
+
+    def cost(c: str) -> np.ndarray:
+        """Mean over inits and leads of the CRPS relative to the smallest candidate's."""
+        crps = np.stack([sweep[float(a)][c]["crps"] for a in candidates])  # (candidate, init, lead)
+        return np.nanmean(crps / crps[:1], axis=(1, 2))
+
+    total = np.nanmean(np.stack([cost(c) for c in have]), axis=0)
+    common = _best(candidates, total)
+    chosen = {c: round(_best(candidates, cost(c)), 4) for c in names}
+    confirm_settings = dataclasses.replace(base, amplitude=common, channel_amplitudes=chosen)
+    confirm = _sweep_scores(hindcasts("chosen", confirm_settings), have, leads)
+    common_store = hindcasts("common", dataclasses.replace(base, amplitude=common))
+    at_common = _sweep_scores(common_store, have, leads)
+    result = {
+        "format": CALIBRATION_FORMAT,
+        "channel_amplitudes": chosen,
+        "amplitude": round(common, 4),
+        "objective": "fair CRPS, area mean, averaged over init times and lead days, relative per lead",
+        "lead_days": [int(d) for d in days],
+        "init_times": [str(t) for t in init_times],
+        "archive": str(Path(archive).resolve()),
+        "packages": {Path(p).resolve().name: weights_digest(p) for p in packages},
+        "settings": {
+            "perturbation": settings.perturbation,
+            "perturbations": settings.perturbations,
+            "model_noise": settings.model_noise,
+            "base_seed": settings.base_seed,
+        },
+        "candidates": candidates.tolist(),
+        "sweep": {
+            c: {
+                "crps": [float(np.nanmean(sweep[float(a)][c]["crps"])) for a in candidates],
+                "ssr": [float(np.nanmean(sweep[float(a)][c]["ssr"])) for a in candidates],
+                "spread": [float(np.nanmean(sweep[float(a)][c]["spread"])) for a in candidates],
+                "objective": cost(c).tolist(),
+            }
+            for c in have
+        },
+        "chosen": {c: _summary(confirm[c]) for c in have},
+        "common": {c: _summary(at_common[c]) for c in have},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out)
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _summary(scores: dict[str, np.ndarray]) -> dict[str, float]:
+    return {"crps": float(np.nanmean(scores["crps"])), "ssr": float(np.nanmean(scores["ssr"]))}
+
+
+def load_calibration(path: str | Path, packages: Sequence[str] | None = None) -> dict:
+    """The calibration file, checked: its format and, given `packages`, that they are the
+    packages (by weights digest) it was made for."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CalibrationError(f"{path}: cannot read the calibration: {e}") from e
+    if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
+        raise CalibrationError(f"{path}: not a calibration file (format {CALIBRATION_FORMAT!r} expected)")
+    amps = data.get("channel_amplitudes")
+    if not isinstance(amps, dict) or not all(isinstance(v, (int, float)) and v >= 0 for v in amps.values()):
+        raise CalibrationError(f"{path}: channel_amplitudes must map channels to amplitudes >= 0, got {amps!r}")
+    if packages is not None:
+        made_for = data.get("packages", {})
+        given = {Path(p).resolve().name: weights_digest(p) for p in packages}
+        if given != made_for:
+            raise CalibrationError(
+                f"{path}: made for the packages {sorted(made_for)} (by weights digest), not for {sorted(given)}: "
+                "run forecast calibrate for these packages"
+            )
+    return data
+
+
+def apply_calibration(settings: RunSettings, path: str | Path, packages: Sequence[str]) -> RunSettings:
+    """`settings` with the calibration's amplitudes (its common amplitude for channels it
+    does not name). The values, not the file's path, go into the run record."""
+    data = load_calibration(path, packages)
+    for key in ("perturbation", "model_noise"):
+        if data["settings"][key] != getattr(settings, key):
+            raise CalibrationError(
+                f"{path}: calibrated with {key} {data['settings'][key]!r}; this run has {getattr(settings, key)!r}"
+            )
+    return dataclasses.replace(
+        settings,
+        amplitude=float(data["amplitude"]),
+        channel_amplitudes={k: float(v) for k, v in data["channel_amplitudes"].items()},
+    )
