@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger, task
 from flows.calibrate import calibrate_flow
 from flows.daily import forecast_flow, run_members
 from flows.train import train_flow
-from forecast.calibration import apply_calibration
+from forecast.calibration import CalibrationError, apply_calibration, load_calibration
 from forecast.config import CONFIG_DIR, DemoConfig, config_path, load
 from forecast.ensemble.engine import RunSettings
 
@@ -48,6 +48,15 @@ def mclimate(archive: str, hindcasts: str, target: str, window_days: int) -> str
     return build_mclimate(archive, [hindcasts], target, window_days=window_days)
 
 
+def _calibration_fits(path: str, packages: list[str]) -> bool:
+    """A calibration file from an earlier run of the demo that still fits its packages."""
+    try:
+        load_calibration(path, packages)
+    except CalibrationError:
+        return False
+    return True
+
+
 @flow(name="demo")
 def demo_flow(out: str, config: str = str(CONFIG_DIR / "demo.yaml"), progress: bool = False) -> dict:
     """Everything under `out`; `progress` shows the long steps' progress bars (`forecast demo`
@@ -68,11 +77,12 @@ def demo_flow(out: str, config: str = str(CONFIG_DIR / "demo.yaml"), progress: b
     if cfg.calibration is not None:
         c = cfg.calibration
         calibration = str(root / "calibration.json")
-        if not Path(calibration).exists():
+        if not _calibration_fits(calibration, packages):
             calibrate_flow(
                 archive, packages, c.inits, calibration, {"perturbations": c.perturbations}, c.candidates, c.days,
             )  # fmt: skip
-    hindcast_settings = {**settings, "score": False}
+    # scored online too, so the demo's calibration can be judged over five init times, not one
+    hindcast_settings = {**settings, "score": True}
     if calibration:  # the M-climate is the forecast's own ensemble: the same amplitudes
         calibrated = apply_calibration(RunSettings.from_dict(hindcast_settings), calibration, packages)
         hindcast_settings = dataclasses.asdict(calibrated)

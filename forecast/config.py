@@ -98,8 +98,10 @@ class DemoCalibrationConfig:
     """`forecast calibrate` inside the demo: validation init times apart from the forecast's
     and the hindcasts' (the demo's scores are then not those the amplitudes were chosen on)."""
 
-    inits: list[str] = dataclasses.field(default_factory=lambda: ["2000-11-27T00", "2000-11-30T00", "2000-12-21T00"])
-    candidates: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.2, 0.5])
+    inits: list[str] = dataclasses.field(
+        default_factory=lambda: ["2000-11-26T00", "2000-11-28T00", "2000-12-23T00", "2000-12-26T00"]
+    )
+    candidates: list[float] = dataclasses.field(default_factory=lambda: [0.35, 0.7, 1.4])
     days: list[int] = dataclasses.field(default_factory=lambda: [3, 4, 5])
     perturbations: int = 2
 

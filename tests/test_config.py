@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,11 @@ def test_train_config_loads_with_nested_model_and_checked_weights(tmp_path):
 
     cfg = load(TrainConfig, CONFIG_DIR / "train.yaml")
     assert cfg.model.grid == "equiangular" and cfg.finetune_rollout_steps == 4
+    # the stochastic config is train.yaml with model noise and the CRPS, nothing else
+    stochastic = load(TrainConfig, CONFIG_DIR / "train-stochastic.yaml")
+    assert stochastic.loss == "crps" and stochastic.model.stochastic
+    plain_model = dataclasses.replace(stochastic.model, noise_length_scales_km=())
+    assert dataclasses.replace(stochastic, loss="mse", model=plain_model) == cfg
     bad = tmp_path / "t.yaml"
     bad.write_text("channel_weights: {z500: heavy}\n")
     with pytest.raises(ConfigError, match=r"channel_weights.z500: expected float, got 'heavy'"):

@@ -123,3 +123,17 @@ def test_served_daily_deployment_runs_from_its_scheduled_time(world_archive, wor
                     p.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     p.kill()
+
+
+def test_served_deployments_pass_the_calibration_to_their_flows(tmp_path, monkeypatch):
+    """`calibration:` in the operations config reaches both deployments as an absolute path
+    (the flows read the file at the start of each run)."""
+    from flows.serve import deployments
+    from forecast.config import OperationsConfig
+
+    monkeypatch.chdir(tmp_path)
+    cfg = OperationsConfig(archive="a.zarr", packages=["p0"], out_dir="daily", calibration="cal.json")
+    daily, backfill = deployments(cfg)
+    assert daily.parameters["calibration"] == backfill.parameters["calibration"] == str(tmp_path / "cal.json")
+    daily, backfill = deployments(OperationsConfig(archive="a.zarr", packages=["p0"], out_dir="daily"))
+    assert daily.parameters["calibration"] is None and backfill.parameters["calibration"] is None
