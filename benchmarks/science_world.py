@@ -51,11 +51,11 @@ PERIODS = {
     "valid": ("2002-01-01T00", "2002-12-31T18"),
     "test": ("2003-01-01T00", "2003-12-31T18"),
 }
-VALID_INITS = [f"2002-{m:02d}-20T00" for m in (1, 3, 5, 7, 9, 11)]
+VALID_INITS = [f"2002-{m:02d}-20T00" for m in (2, 5, 8, 11)]  # one a season: 2 cores bound the count
 TEST_INITS = [f"2003-{m:02d}-15T00" for m in range(1, 13)]
 SEEDS = (0, 1, 2)
 PERTURBATIONS = 8
-CANDIDATES = (0.0, 0.1, 0.2, 0.35, 0.6, 1.0)
+CANDIDATES = (0.0, 0.15, 0.35, 0.7)
 BOOTSTRAP = 2000
 
 
@@ -367,6 +367,7 @@ def main() -> None:
     p.add_argument("--mse-config", default="train.yaml", help="training config of (a), (b), (g)")
     p.add_argument("--crps-config", default="train-stochastic.yaml", help="training config of (c), (d)")
     p.add_argument("--physics-matched", action="store_true", help="also (f2): physics at (d)'s initial spread")
+    p.add_argument("--skip-physics", action="store_true", help="the ML table only (the physics takes longest)")
     p.add_argument("--out", default="benchmarks/results/science_world.json")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -407,12 +408,24 @@ def main() -> None:
     t0 = time.perf_counter()
     stores = {name: run_test(work, archive, pk, name, s) for name, (pk, s) in settings.items()}
     timing["ml_test_runs_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    physics = {"f": run_physics(work, world, "physics", 0.3)}
-    timing["physics_s"] = time.perf_counter() - t0
     climatology = climatology_map(archive, *PERIODS["train"]).astype(np.float64)
     scored = {name: score_store(s, archive, climatology) for name, s in stores.items()}
     scored["e"] = score_store(stores["a"], archive, climatology, inflation)
+    control = [control_members(archive, mse[0], t) for t in TEST_INITS]
+    scored["g"] = score_arrays(control, archive, climatology)
+    common = {
+        "periods": PERIODS,
+        "valid_inits": VALID_INITS,
+        "test_inits": TEST_INITS,
+        "members": 2 * len(SEEDS) * PERTURBATIONS,
+        "calibration": {k: json.loads(Path(v).read_text())["channel_amplitudes"] for k, v in cal.items()},
+        "inflation": {c: inflation[:, j].tolist() for j, c in enumerate(scored["a"]["channels"]) if c in CHANNELS},
+    }
+    write_result(args.out, common, scored, timing)  # the ML table first: the physics takes longest
+    if args.skip_physics:
+        return
+    t0 = time.perf_counter()
+    physics = {"f": run_physics(work, world, "physics", 0.3)}
     scored["f"] = _merge([score_store(s, archive, climatology) for s in physics["f"]])
     if args.physics_matched:
         # the physics seed amplitude that gives (d)'s day-0 t850 spread: spread is linear in it
@@ -421,8 +434,11 @@ def main() -> None:
         d0 = np.sqrt(scored["d"]["leads"][0]["var"][:, scored["d"]["channels"].index("t850")].mean())
         physics["f2"] = run_physics(work, world, "physics-matched", 0.3 * d0 / f0)
         scored["f2"] = _merge([score_store(s, archive, climatology) for s in physics["f2"]])
-    control = [control_members(archive, mse[0], t) for t in TEST_INITS]
-    scored["g"] = score_arrays(control, archive, climatology)
+    timing["physics_s"] = time.perf_counter() - t0
+    write_result(args.out, common, scored, timing)
+
+
+def write_result(out: str, common: dict, scored: dict, timing: dict) -> None:
     rng = np.random.default_rng(0)
     table = {name: with_intervals(s, rng) for name, s in scored.items()}
     ratios = {
@@ -430,22 +446,12 @@ def main() -> None:
         "d_over_e": paired_ratio(scored["e"], scored["d"], "crps", rng),
         "b_over_a": paired_ratio(scored["a"], scored["b"], "crps", rng),
         "c_over_a": paired_ratio(scored["a"], scored["c"], "crps", rng),
+        "e_over_a": paired_ratio(scored["a"], scored["e"], "crps", rng),
     }
-    result = {
-        "periods": PERIODS,
-        "valid_inits": VALID_INITS,
-        "test_inits": TEST_INITS,
-        "members": 2 * len(SEEDS) * PERTURBATIONS,
-        "calibration": {k: json.loads(Path(v).read_text())["channel_amplitudes"] for k, v in cal.items()},
-        "inflation": {c: inflation[:, j].tolist() for j, c in enumerate(scored["a"]["channels"]) if c in CHANNELS},
-        "table": table,
-        "crps_ratios": ratios,
-        "targets": targets(table, ratios),
-        "timing": timing,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1, default=float))
-    print(json.dumps(result["targets"], indent=1, default=float))
+    result = {**common, "table": table, "crps_ratios": ratios, "targets": targets(table, ratios), "timing": timing}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=1, default=float))
+    log.info("wrote %s: %s", out, json.dumps(result["targets"]["passed"]))
 
 
 def _merge(parts: list[dict]) -> dict:

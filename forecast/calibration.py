@@ -172,14 +172,21 @@ def calibrate(
     total = np.nanmean(np.stack([cost(c) for c in have]), axis=0)
     common = _best(candidates, total)
     chosen = {c: round(_best(candidates, cost(c)), 4) for c in names}
-    confirm_settings = dataclasses.replace(base, amplitude=common, channel_amplitudes=chosen)
-    confirm = _sweep_scores(hindcasts("chosen", confirm_settings), have, leads)
-    common_store = hindcasts("common", dataclasses.replace(base, amplitude=common))
-    at_common = _sweep_scores(common_store, have, leads)
+    # a choice at an end of the grid (but 0) is where the CRPS was still falling: the grid is too narrow
+    edge = sorted(c for c in names if chosen[c] >= candidates[-1] or 0 < chosen[c] <= candidates[0])
+    if edge:
+        log.warning("calibration: %s chose an end of the candidates %s: widen them", edge, candidates.tolist())
+    at_common = _sweep_scores(hindcasts("common", dataclasses.replace(base, amplitude=common)), have, leads)
+    if all(a == round(common, 4) for a in chosen.values()):
+        confirm = at_common  # the per-channel choice is the common one: no second run
+    else:
+        confirm_settings = dataclasses.replace(base, amplitude=common, channel_amplitudes=chosen)
+        confirm = _sweep_scores(hindcasts("chosen", confirm_settings), have, leads)
     result = {
         "format": CALIBRATION_FORMAT,
         "channel_amplitudes": chosen,
         "amplitude": round(common, 4),
+        "at_grid_edge": edge,  # channels whose CRPS was still falling at an end of the candidates
         "objective": "fair CRPS, area mean, averaged over init times and lead days, relative per lead",
         "lead_days": [int(d) for d in days],
         "init_times": [str(t) for t in init_times],

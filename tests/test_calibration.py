@@ -58,6 +58,10 @@ def test_calibration_file_records_the_choice_and_its_evidence(calibrated, world_
         a = data["channel_amplitudes"][c]
         assert min(CANDIDATES) <= a <= max(CANDIDATES)
         best = int(np.argmin(objective))
+        if best in (0, len(CANDIDATES) - 1):  # the CRPS still falling at an end: flagged, widen the grid
+            assert c in data["at_grid_edge"], c
+        if c in data["at_grid_edge"]:
+            assert a in (CANDIDATES[0], CANDIDATES[-1]), c
         # the choice lies between the best candidate's neighbours (the parabola's bracket)
         assert CANDIDATES[max(best - 1, 0)] <= a <= CANDIDATES[min(best + 1, len(CANDIDATES) - 1)], c
         spread = np.asarray(data["sweep"][c]["spread"])
@@ -111,3 +115,17 @@ def test_calibration_refuses_training_init_times(world_archive, world_packages, 
     with pytest.raises(CalibrationError, match="overlaps the training period"):
         calibrate(world_archive, world_packages, ["2001-03-01T00"], tmp_path / "c.json", SETTINGS, days=DAYS)
     assert not (tmp_path / "c.json").exists()
+
+
+def test_calibrate_command_takes_a_validation_range(world_archive, world_packages, tmp_path, capsys):
+    out = tmp_path / "cal.json"
+    argv = ["-q", "calibrate", "--archive", world_archive, "--packages", *world_packages, "--out", str(out)]
+    assert main([*argv, "--valid-start", "2001-11-10T00"]) == 2  # a range needs both ends
+    assert "give --valid-start and --valid-end" in capsys.readouterr().err
+    argv += ["--valid-start", "2001-11-10T00", "--valid-end", "2001-11-21T00", "--every-days", "5"]
+    argv += ["--perturbations", "1", "--candidates", "0.1", "1.0", "--days", "1"]
+    assert main(argv) == 0
+    data = load_calibration(out, world_packages)
+    assert data["init_times"] == ["2001-11-10T00", "2001-11-15T00", "2001-11-20T00"]
+    assert data["settings"]["perturbations"] == 1 and data["lead_days"] == [1]
+    assert "common amplitude" in capsys.readouterr().out
