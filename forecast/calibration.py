@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from forecast.archive import Archive
 from forecast.ensemble.engine import RunSettings, run_ensemble
 from forecast.ensemble.store import open_forecast
 from forecast.model.package import read_config
@@ -134,6 +135,10 @@ def calibrate(
         raise CalibrationError(f"lead days must be >= 1, got {list(days)}")
     init_times = [np.datetime64(t, "h") for t in inits]
     _check_inits(packages, init_times, max(leads))
+    run_channels = list(settings.channels or Archive.open(archive).channels)
+    unknown = sorted(set(channels or []) - set(run_channels))
+    if unknown:  # before the hindcasts, not after them
+        raise CalibrationError(f"channels {unknown} are not in the run (it has {run_channels})")
     out = Path(out)
     keep_work = work is not None  # a work directory of the caller's is kept; our own is removed when done
     work = Path(work) if work is not None else out.with_name(out.name + ".work")
@@ -160,9 +165,6 @@ def calibrate(
         have = [str(c) for c in open_forecast(store).channel.values]
         sweep[float(a)] = _sweep_scores(store, have, leads)
     names = list(channels) if channels is not None else have
-    unknown = sorted(set(names) - set(have))
-    if unknown:
-        raise CalibrationError(f"channels {unknown} are not in the run (it has {have})")
 
     def cost(c: str) -> np.ndarray:
         """Mean over inits and leads of the CRPS relative to the smallest candidate's."""

@@ -129,3 +129,9 @@ def test_calibrate_command_takes_a_validation_range(world_archive, world_package
     assert data["init_times"] == ["2001-11-10T00", "2001-11-15T00", "2001-11-20T00"]
     assert data["settings"]["perturbations"] == 1 and data["lead_days"] == [1]
     assert "common amplitude" in capsys.readouterr().out
+
+
+def test_calibration_refuses_unknown_channels_before_running(world_archive, world_packages, tmp_path):
+    with pytest.raises(CalibrationError, match=r"channels \['z501'\] are not in the run"):
+        calibrate(world_archive, world_packages, INITS, tmp_path / "c.json", SETTINGS, days=DAYS, channels=["z501"])
+    assert not (tmp_path / "c.json.work").exists()  # refused before any hindcast
