@@ -30,6 +30,7 @@ def test_shipped_configs_load():
     assert load(DiagnoseConfig, CONFIG_DIR / "diagnose.yaml") == DiagnoseConfig()
     ops = load(OperationsConfig, CONFIG_DIR / "operations.yaml")
     assert ops.cron == "0 6 * * *" and ops.timezone == "UTC" and ops.latency_hours == 6
+    assert ops.calibration == "demo-output/calibration.json"  # the demo's, for the demo's packages
 
 
 @pytest.mark.parametrize(
