@@ -162,8 +162,8 @@ def calibrate(
     for a in candidates:
         log.info("calibration: amplitude %.3g on %d init times", a, len(init_times))
         store = hindcasts(f"amplitude-{a:.4f}", dataclasses.replace(base, amplitude=float(a)))
-        have = [str(c) for c in open_forecast(store).channel.values]
-        sweep[float(a)] = _sweep_scores(store, have, leads)
+        sweep[float(a)] = _sweep_scores(store, run_channels, leads)
+    have = run_channels
     names = list(channels) if channels is not None else have
 
     def cost(c: str) -> np.ndarray:

@@ -152,8 +152,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    import numpy as np
-
+    from forecast.archive import Archive
     from forecast.calibration import DEFAULT_CANDIDATES, DEFAULT_DAYS, calibrate
     from forecast.ensemble.engine import RunSettings
 
@@ -167,11 +166,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     if args.valid_start or args.valid_end:
         if not (args.valid_start and args.valid_end) or inits:
             raise ValueError("give --valid-start and --valid-end (with --every-days), or --init-times")
-        lo, hi = (
-            np.datetime64(_time(v, o), "h")
-            for v, o in ((args.valid_start, "--valid-start"), (args.valid_end, "--valid-end"))
-        )
-        inits = [str(t) for t in np.arange(lo, hi + np.timedelta64(1, "h"), np.timedelta64(24 * args.every_days, "h"))]
+        from flows.hindcast import init_times
+
+        first, last = _time(args.valid_start, "--valid-start"), _time(args.valid_end, "--valid-end")
+        inits = init_times(first, last, 24 * args.every_days, Archive.open(args.archive).time_step_hours)
     start = time.perf_counter()
     result = calibrate(
         args.archive,
@@ -550,14 +548,13 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "httpcore", "jax._src.xla_bridge"):  # one line per HTTP call to Prefect's API
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from forecast.archive import ArchiveError
-    from forecast.calibration import CalibrationError
     from forecast.ensemble.store import StoreError
     from forecast.ingest.sources import IngestError
     from forecast.model import PackageError
 
     try:
         return args.func(args)
-    except (IngestError, ArchiveError, ConfigError, StoreError, PackageError, CalibrationError, ValueError) as e:
+    except (IngestError, ArchiveError, ConfigError, StoreError, PackageError, ValueError) as e:
         if args.verbose:
             raise
         print(f"error: {e}", file=sys.stderr)
