@@ -198,6 +198,7 @@ def calibrate(
             "perturbation": settings.perturbation,
             "perturbations": settings.perturbations,
             "model_noise": settings.model_noise,
+            "noise_scale": settings.noise_scale,
             "base_seed": settings.base_seed,
         },
         "candidates": candidates.tolist(),
@@ -254,10 +255,11 @@ def apply_calibration(settings: RunSettings, path: str | Path, packages: Sequenc
     """`settings` with the calibration's amplitudes (its common amplitude for channels it
     does not name). The values, not the file's path, go into the run record."""
     data = load_calibration(path, packages)
-    for key in ("perturbation", "model_noise"):
-        if data["settings"][key] != getattr(settings, key):
+    made_with = {"noise_scale": 1.0, **data["settings"]}  # files from before the noise scale: 1
+    for key in ("perturbation", "model_noise", "noise_scale"):
+        if made_with[key] != getattr(settings, key):
             raise CalibrationError(
-                f"{path}: calibrated with {key} {data['settings'][key]!r}; this run has {getattr(settings, key)!r}"
+                f"{path}: calibrated with {key} {made_with[key]!r}; this run has {getattr(settings, key)!r}"
             )
     return dataclasses.replace(
         settings,

@@ -126,6 +126,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "score": True if args.score else None,
         "thresholds": {k: tuple(v) for k, v in thresholds.items()} or None,
         "model_noise": False if args.no_model_noise else None,
+        "noise_scale": args.noise_scale,
     }
     settings = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
     if args.calibration:
@@ -423,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--perturbation", choices=["bred", "noise", "grf", "none"], help="default bred; none: the analysis for all"
     )
     r.add_argument("--no-model-noise", action="store_true", help="hold a stochastic checkpoint's model noise at zero")
+    r.add_argument(
+        "--noise-scale", type=float, help="x a stochastic checkpoint's model-noise standard deviation (default 1)"
+    )
     r.add_argument("--lead-hours", type=int, help="default 360; a multiple of the archive's time step")
     r.add_argument(
         "--output-leads", type=int, nargs="+", help="lead hours to store (default: every step of the archive's)"

@@ -102,6 +102,8 @@ def test_calibration_is_refused_for_other_packages_or_settings(calibrated, world
         load_calibration(out, [world_packages[0], str(other)])
     with pytest.raises(CalibrationError, match="model_noise"):
         apply_calibration(RunSettings(model_noise=False), out, world_packages)
+    with pytest.raises(CalibrationError, match="noise_scale"):
+        apply_calibration(RunSettings(noise_scale=0.5), out, world_packages)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"format": "something else"}))
     with pytest.raises(CalibrationError, match="not a calibration file"):

@@ -88,3 +88,21 @@ def test_a_member_does_not_depend_on_its_batch():
         c = noise.advance(c, again, 6)
     assert torch.equal(c, b)  # regenerated bit for bit
     assert not torch.equal(a[0], a[1])  # members differ
+
+
+def test_a_scaled_stream_is_the_same_draws_scaled():
+    from forecast.model.noise import NoiseStream
+
+    noise = SphericalARNoise(9, SPEC, dtype=torch.float64)
+    unit, half = NoiseStream(noise, [5, 6], 6.0), NoiseStream(noise, [5, 6], 6.0, scale=0.5)
+    for _ in range(3):
+        assert torch.equal(half.current, unit.current * 0.5)
+        unit.advance()
+        half.advance()
+    # the variance at a point scales as the square: the process under it stays at unit variance
+    isht = _synthesis(24, 48, 9)
+    stream = NoiseStream(noise, list(range(400)), 6.0, scale=0.5)
+    var = _fields(isht, stream.current).var(dim=0).mean()
+    assert float(var) == pytest.approx(0.25, rel=0.1)
+    with pytest.raises(ValueError, match=">= 0"):
+        NoiseStream(noise, [1], 6.0, scale=-1.0)

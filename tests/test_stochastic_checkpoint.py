@@ -122,7 +122,11 @@ def test_bred_vectors_model_noise_or_both_and_per_channel_amplitudes(world_archi
         return float((fields[-1] - fields[-1][0]).abs().max())
 
     assert spread(model_noise=False) == 0.0
-    assert spread() > 0.0
+    assert spread(noise_scale=0.0) == 0.0
+    assert spread() > spread(noise_scale=0.3) > 0.0
     # a deterministic checkpoint's record is unchanged by the new settings at their defaults
     record = plan_run(world_archive, world_packages, INIT, RunSettings()).run_record()["settings"]
-    assert "channel_amplitudes" not in record and "model_noise" not in record
+    assert not {"channel_amplitudes", "model_noise", "noise_scale"} & set(record)
+    assert plan(noise_scale=0.5).run_record()["settings"]["noise_scale"] == 0.5
+    with pytest.raises(ValueError, match="noise_scale"):
+        RunSettings(noise_scale=-0.1)

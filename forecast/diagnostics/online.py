@@ -353,3 +353,103 @@ class TiledCRPS:
         shutil.rmtree(self.scratch, ignore_errors=True)
         if Path(self.scratch).exists():
             raise OSError(f"{self.scratch}: could not remove the CRPS scratch members")
+
+
+class SubsetExtremes:
+    """The ensemble-size curves that need less than the members (`forecast.diagnostics.
+    ensemble_size`), exact online for one draw of nested subsets: `ranks` gives each member's
+    place in the nested order (`subset_ranks`), the subset of size m' is the members of rank
+    < m'. Per point the state holds the smallest rank of a member at or below the verification
+    and of one at or above it (y is outside subset m' exactly when one of them is ≥ m'), the
+    smallest rank of a member above the extreme threshold, and per group of ranks
+    [m'_{k−1}, m'_k) the best member's error min |x_i − y| (in the members' dtype): the state
+    grows with the number of sizes (log₂ of the members), never with the members."""
+
+    name = "subset_extremes"
+
+    def __init__(
+        self,
+        truth: LeadVerification,
+        area_weights: np.ndarray,
+        ranks: np.ndarray,
+        sizes: tuple[int, ...],
+        threshold=None,
+    ):
+        """`threshold`: None, or lead index -> (channel, lat, lon) array (NaN: none there) or None."""
+        self.truth, self.weights = truth, np.asarray(area_weights, np.float64)
+        self.ranks, self.sizes = torch.as_tensor(np.asarray(ranks), dtype=torch.int32), tuple(int(s) for s in sizes)
+        if list(self.sizes) != sorted(set(self.sizes)) or self.sizes[-1] > len(ranks):
+            raise ValueError(f"sizes must increase and stay within the {len(ranks)} members, got {self.sizes}")
+        self.group = torch.as_tensor(np.searchsorted(self.sizes, np.asarray(ranks), side="right"), dtype=torch.long)
+        self.threshold = threshold
+        self.none = torch.iinfo(torch.int32).max
+
+    def empty(self) -> dict[str, torch.Tensor]:
+        shape = self.truth.shape
+        state = {
+            "first_at_or_below": torch.full(shape, self.none, dtype=torch.int32),
+            "first_at_or_above": torch.full(shape, self.none, dtype=torch.int32),
+            "best_error": torch.full((len(self.sizes), *shape), torch.inf, dtype=torch.float32),
+        }
+        if self.threshold is not None:
+            state["first_above_threshold"] = torch.full(shape, self.none, dtype=torch.int32)
+        return state
+
+    def _first(self, state: torch.Tensor, hit: torch.Tensor, ranks: torch.Tensor) -> None:
+        r = torch.where(hit, ranks.view(-1, 1, 1, 1), self.none).amin(dim=0)
+        torch.minimum(state, r.to(torch.int32), out=state)
+
+    def update(self, state, lead_index: int, members: torch.Tensor, first: int = 0) -> None:
+        x = members.detach().cpu().float()
+        ranks = self.ranks[first : first + x.shape[0]]
+        y = torch.from_numpy(self.truth(lead_index).astype(np.float32))[None]
+        self._first(state["first_at_or_below"], x <= y, ranks)
+        self._first(state["first_at_or_above"], x >= y, ranks)
+        error = (x - y).abs()
+        for g in torch.unique(self.group[first : first + x.shape[0]]).tolist():
+            if g < len(self.sizes):  # members beyond the largest size are in no subset
+                mine = self.group[first : first + x.shape[0]] == g
+                torch.fmin(state["best_error"][g], error[mine].amin(dim=0), out=state["best_error"][g])
+        if self.threshold is not None:
+            q = self.threshold(lead_index)
+            if q is not None:
+                q = torch.from_numpy(np.asarray(q, np.float32))[None]
+                self._first(state["first_above_threshold"], x > q, ranks)
+
+    def result(self, state, lead_index: int) -> Result:
+        y = self.truth(lead_index)
+        valid = ~np.isnan(y)
+        below, above = state["first_at_or_below"].numpy(), state["first_at_or_above"].numpy()
+        best = np.minimum.accumulate(state["best_error"].numpy(), axis=0)  # nested: the best so far
+        sizes = np.asarray(self.sizes)
+        outliers, best_error = np.empty((len(sizes), len(y))), np.empty((len(sizes), len(y)))
+        for k, s in enumerate(sizes):
+            outside = np.where(valid, ((below >= s) | (above >= s)).astype(np.float64), np.nan)
+            outliers[k] = _area_mean(outside, self.weights)
+            best_error[k] = _area_mean(np.where(valid, best[k].astype(np.float64), np.nan), self.weights)
+        dims = ("ensemble_size", "channel")
+        out = {
+            "subset_outlier_fraction": (
+                dims, outliers, {"long_name": "fraction of points with y outside the nested subset's range"},
+            ),
+            "subset_best_member_error": (
+                dims, best_error, {"long_name": "area mean of min over the nested subset of |x_i - y|"},
+            ),
+        }  # fmt: skip
+        q = self.threshold(lead_index) if self.threshold is not None else None
+        if q is not None:
+            q = np.asarray(q, np.float32)
+            observed = valid & ~np.isnan(q) & (y.astype(np.float32) > q)
+            first = state["first_above_threshold"].numpy()
+            missed = np.stack([observed & (first >= s) for s in sizes])  # (size, channel, lat, lon)
+            out["subset_missed_extreme_fraction"] = (
+                dims,
+                np.stack([_area_mean(np.where(valid, mk.astype(np.float64), np.nan), self.weights) for mk in missed]),
+                {"long_name": "fraction of points with y above the threshold and no member of the subset above it"},
+            )
+            out["subset_missed_extreme_count"] = (dims, missed.sum((-2, -1)).astype(np.int64), {})
+            out["observed_extreme_count"] = (("channel",), observed.sum((-2, -1)).astype(np.int64), {})
+        return out
+
+    def fixed(self) -> Result:
+        return {"ensemble_size": (("ensemble_size",), np.asarray(self.sizes, np.int64), {"nested": "by member rank"})}

@@ -59,6 +59,9 @@ class RunSettings:
     # Per-channel amplitudes (x the 48-hour RMSE) over `amplitude`, e.g. from `forecast calibrate`
     channel_amplitudes: dict[str, float] = dataclasses.field(default_factory=dict)
     model_noise: bool = True  # a stochastic checkpoint's own noise; False: its noise held at zero
+    # x the model noise's standard deviation (1: as trained), e.g. from `forecast calibrate`;
+    # the breeding cycles keep the trained noise (they measure the dynamics' growth)
+    noise_scale: float = 1.0
 
     @classmethod
     def from_dict(cls, params: dict | None) -> RunSettings:
@@ -83,6 +86,8 @@ class RunSettings:
         bad = {c: a for c, a in self.channel_amplitudes.items() if not a >= 0}
         if bad or not self.amplitude >= 0:
             raise ValueError(f"amplitudes are fractions of the 48-hour RMSE, >= 0: got {self.amplitude}, {bad}")
+        if not self.noise_scale >= 0:
+            raise ValueError(f"noise_scale multiplies the model noise's std: >= 0, got {self.noise_scale}")
         if self.crop is not None and (len(self.crop) != 4 or self.crop[0] > self.crop[1]):
             raise ValueError(f"crop is (lat_min, lat_max, lon_min, lon_max) with lat_min <= lat_max, got {self.crop}")
 
@@ -119,7 +124,7 @@ class Plan:
         s["thresholds"] = {k: list(v) for k, v in sorted(self.settings.thresholds.items())}
         # settings added later are recorded only when they differ from their default, so a
         # store made before them still matches its own rerun
-        for key, default in (("channel_amplitudes", {}), ("model_noise", True)):
+        for key, default in (("channel_amplitudes", {}), ("model_noise", True), ("noise_scale", 1.0)):
             if s[key] == default:
                 del s[key]
         return {
@@ -312,6 +317,7 @@ def run_block(plan: Plan, block: Block, emit, device: torch.device, compute_lock
         plan.layout.noise_seeds(block, plan.settings.base_seed, plan.init_time),
         plan.step_hours,
         enabled=plan.settings.model_noise,
+        scale=plan.settings.noise_scale,
     )
     for k in range(plan.steps + 1):
         if k in wanted:

@@ -183,11 +183,11 @@ class ForecastModel(nn.Module):
     def stochastic(self) -> bool:
         return self.noise is not None
 
-    def noise_stream(self, seeds, step_hours: float, enabled: bool = True) -> NoiseStream:
+    def noise_stream(self, seeds, step_hours: float, enabled: bool = True, scale: float = 1.0) -> NoiseStream:
         """The model noise of a batch of members (one seed each) over a rollout; for a
         deterministic checkpoint a stream whose `current` is None; `enabled` False holds a
-        stochastic checkpoint's noise at zero."""
-        return NoiseStream(self.noise, seeds, step_hours, enabled)
+        stochastic checkpoint's noise at zero; `scale` multiplies its standard deviation."""
+        return NoiseStream(self.noise, seeds, step_hours, enabled, scale)
 
     def forward(self, state: torch.Tensor, time_hours: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """`noise`: the model noise of this step (`noise_stream(...).current`), required by a

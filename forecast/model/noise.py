@@ -125,17 +125,34 @@ class NoiseStream:
     """The model noise of a batch of members over a rollout: `current` is this step's
     coefficients, `advance()` moves to the next step. For a deterministic checkpoint
     (`process` None) `current` is None and `advance` does nothing; `enabled` False holds a
-    stochastic checkpoint's noise at zero."""
+    stochastic checkpoint's noise at zero. `scale` multiplies the noise's standard deviation
+    (a run's `noise_scale`, chosen by `forecast calibrate`); the process itself stays at unit
+    variance, so a member's stream at any scale is the same draws, scaled."""
 
-    def __init__(self, process: SphericalARNoise | None, seeds: Sequence[int], step_hours: float, enabled: bool = True):
-        self.process, self.step_hours = (process if enabled else None), float(step_hours)
+    def __init__(
+        self,
+        process: SphericalARNoise | None,
+        seeds: Sequence[int],
+        step_hours: float,
+        enabled: bool = True,
+        scale: float = 1.0,
+    ):
+        if not scale >= 0:
+            raise ValueError(f"the model-noise scale multiplies its standard deviation: >= 0, got {scale}")
+        self.process, self.step_hours, self.scale = (process if enabled else None), float(step_hours), float(scale)
         self.generators = self.process.generators(seeds) if self.process is not None else []
-        self.current = self.process.start(self.generators) if self.process is not None else None
+        self._coeffs = self.process.start(self.generators) if self.process is not None else None
         if process is not None and not enabled:  # the stochastic network's input, held at zero
             f, lmax, mmax = process.amplitude.shape
             dtype = torch.complex64 if process.dtype == torch.float32 else torch.complex128
-            self.current = torch.zeros((len(seeds), f, lmax, mmax), dtype=dtype, device=process.device)
+            self._coeffs = torch.zeros((len(seeds), f, lmax, mmax), dtype=dtype, device=process.device)
+
+    @property
+    def current(self) -> torch.Tensor | None:
+        if self._coeffs is None or self.scale == 1.0:
+            return self._coeffs
+        return self._coeffs * self.scale
 
     def advance(self) -> None:
         if self.process is not None:
-            self.current = self.process.advance(self.current, self.generators, self.step_hours)
+            self._coeffs = self.process.advance(self._coeffs, self.generators, self.step_hours)
