@@ -40,6 +40,11 @@ ONLINE_EQUALS_OFFLINE = [
     "perturbation_spectrum",
     "verification_spectrum",
     "efi",
+    "subset_outlier_fraction",
+    "subset_best_member_error",
+    "subset_missed_extreme_fraction",
+    "subset_missed_extreme_count",
+    "observed_extreme_count",
 ]
 
 

@@ -115,10 +115,12 @@ def ensemble_size_curves(
     dims: Sequence[str] = ("lat", "lon"),
     extreme_threshold: xr.DataArray | None = None,
     member_dim: str = "member",
+    estimators: Sequence[str] = ("fair", "ensemble"),
 ) -> xr.Dataset:
     """The curves of the module's docstring, with dims (draw, ensemble_size, *the forecast's
     other dims but `dims`); average over `draw` for the curve, its spread over draws is the
-    sampling noise of which members came first. Draw d uses `subset_ranks(..., seed + d)`."""
+    sampling noise of which members came first. Draw d uses `subset_ranks(..., seed + d)`.
+    `estimators`: the CRPS forms to compute per subset (each sorts every subset's members)."""
     m = forecast.sizes[member_dim]
     sizes = tuple(int(s) for s in (sizes or ensemble_sizes(m)))
     if any(s < 2 or s > m or s % 2 for s in sizes):
@@ -126,6 +128,8 @@ def ensemble_size_curves(
     checkpoint, pair = member_labels(forecast, member_dim)
     dims = list(dims)
     valid = observation.notnull()
+    if extreme_threshold is not None:
+        observed = (observation > extreme_threshold) & valid & extreme_threshold.notnull()
     per_draw = []
     for d in range(draws):
         ranks = subset_ranks(checkpoint, pair, seed + d)
@@ -138,19 +142,18 @@ def ensemble_size_curves(
             out = {
                 "outlier_fraction": _area_mean(outside.astype(np.float64).where(valid), weights, dims),
                 "best_member_error": _area_mean(best.astype(np.float64), weights, dims),
-                "crps_fair": crps(x, observation, member_dim, "fair", weights=weights, dims=dims),
-                "crps_ensemble": crps(x, observation, member_dim, "ensemble", weights=weights, dims=dims),
+                **{f"crps_{e}": crps(x, observation, member_dim, e, weights=weights, dims=dims) for e in estimators},
             }
             if extreme_threshold is not None:
-                observed = (observation > extreme_threshold) & valid & extreme_threshold.notnull()
                 missed = observed & ~(hi > extreme_threshold)
                 out["missed_extreme_fraction"] = _area_mean(missed.astype(np.float64).where(valid), weights, dims)
                 out["missed_extreme_count"] = missed.sum(dims)
-                out["observed_extreme_count"] = observed.sum(dims)
             per_size.append(xr.Dataset({k: v.drop_attrs() for k, v in out.items()}))
         per_draw.append(xr.concat(per_size, dim="ensemble_size"))
     ds = xr.concat(per_draw, dim="draw").assign_coords(ensemble_size=list(sizes), draw=np.arange(draws))
     ds["outlier_expected"] = (("ensemble_size",), 2.0 / (np.asarray(sizes) + 1.0))
+    if extreme_threshold is not None:
+        ds["observed_extreme_count"] = observed.sum(dims)
     attrs = {
         "outlier_fraction": "area-weighted fraction of points with y < min or y > max over the subset",
         "outlier_expected": "2/(m'+1): a calibrated ensemble of exchangeable members",

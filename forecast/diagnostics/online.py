@@ -375,7 +375,8 @@ class SubsetExtremes:
         sizes: tuple[int, ...],
         threshold=None,
     ):
-        """`threshold`: None, or lead index -> (channel, lat, lon) array (NaN: none there) or None."""
+        """`threshold`: None, or lead index -> (channel, lat, lon) array (NaN: none there) or
+        None (no threshold at that lead: its missed-extreme arrays are NaN)."""
         self.truth, self.weights = truth, np.asarray(area_weights, np.float64)
         self.ranks, self.sizes = torch.as_tensor(np.asarray(ranks), dtype=torch.int32), tuple(int(s) for s in sizes)
         if list(self.sizes) != sorted(set(self.sizes)) or self.sizes[-1] > len(ranks):
@@ -396,25 +397,28 @@ class SubsetExtremes:
         return state
 
     def _first(self, state: torch.Tensor, hit: torch.Tensor, ranks: torch.Tensor) -> None:
-        r = torch.where(hit, ranks.view(-1, 1, 1, 1), self.none).amin(dim=0)
+        """state (lat, lon) <- min(state, the smallest rank of a member where `hit` (m, lat, lon))."""
+        r = torch.where(hit, ranks.view(-1, 1, 1), self.none).amin(dim=0)
         torch.minimum(state, r.to(torch.int32), out=state)
 
     def update(self, state, lead_index: int, members: torch.Tensor, first: int = 0) -> None:
-        x = members.detach().cpu().float()
-        ranks = self.ranks[first : first + x.shape[0]]
-        y = torch.from_numpy(self.truth(lead_index).astype(np.float32))[None]
-        self._first(state["first_at_or_below"], x <= y, ranks)
-        self._first(state["first_at_or_above"], x >= y, ranks)
-        error = (x - y).abs()
-        for g in torch.unique(self.group[first : first + x.shape[0]]).tolist():
-            if g < len(self.sizes):  # members beyond the largest size are in no subset
-                mine = self.group[first : first + x.shape[0]] == g
-                torch.fmin(state["best_error"][g], error[mine].amin(dim=0), out=state["best_error"][g])
-        if self.threshold is not None:
-            q = self.threshold(lead_index)
+        x_all = members.detach().cpu()
+        stop = first + x_all.shape[0]
+        ranks, groups = self.ranks[first:stop], self.group[first:stop]
+        in_group = [(g, groups == g) for g in torch.unique(groups).tolist() if g < len(self.sizes)]
+        truth = torch.from_numpy(self.truth(lead_index).astype(np.float32))
+        q = self.threshold(lead_index) if self.threshold is not None else None
+        q = None if q is None else torch.from_numpy(np.asarray(q, np.float32))
+        for c in range(x_all.shape[1]):  # a channel at a time: temporaries of one field per member
+            x, y = x_all[:, c].float(), truth[c][None]
+            self._first(state["first_at_or_below"][c], x <= y, ranks)
+            self._first(state["first_at_or_above"][c], x >= y, ranks)
+            error = (x - y).abs().nan_to_num(nan=torch.inf)  # a NaN member covers nothing, as skipna offline
+            for g, mine in in_group:  # members beyond the largest size are in no subset
+                best = state["best_error"][g, c]
+                torch.fmin(best, error[mine].amin(dim=0), out=best)
             if q is not None:
-                q = torch.from_numpy(np.asarray(q, np.float32))[None]
-                self._first(state["first_above_threshold"], x > q, ranks)
+                self._first(state["first_above_threshold"][c], x > q[c][None], ranks)
 
     def result(self, state, lead_index: int) -> Result:
         y = self.truth(lead_index)
@@ -436,19 +440,27 @@ class SubsetExtremes:
                 dims, best_error, {"long_name": "area mean of min over the nested subset of |x_i - y|"},
             ),
         }  # fmt: skip
-        q = self.threshold(lead_index) if self.threshold is not None else None
-        if q is not None:
-            q = np.asarray(q, np.float32)
-            observed = valid & ~np.isnan(q) & (y.astype(np.float32) > q)
-            first = state["first_above_threshold"].numpy()
-            missed = np.stack([observed & (first >= s) for s in sizes])  # (size, channel, lat, lon)
-            out["subset_missed_extreme_fraction"] = (
-                dims,
-                np.stack([_area_mean(np.where(valid, mk.astype(np.float64), np.nan), self.weights) for mk in missed]),
-                {"long_name": "fraction of points with y above the threshold and no member of the subset above it"},
-            )
-            out["subset_missed_extreme_count"] = (dims, missed.sum((-2, -1)).astype(np.int64), {})
-            out["observed_extreme_count"] = (("channel",), observed.sum((-2, -1)).astype(np.int64), {})
+        if self.threshold is None:
+            return out
+        q = self.threshold(lead_index)  # None: no threshold at this lead (NaN, not "none missed")
+        q = np.full(y.shape, np.nan, np.float32) if q is None else np.asarray(q, np.float32)
+        have = ~np.isnan(q).all((-2, -1))  # (channel,)
+        observed = valid & ~np.isnan(q) & (y.astype(np.float32) > q)
+        first = state["first_above_threshold"].numpy()
+        missed = np.stack([observed & (first >= s) for s in sizes])  # (size, channel, lat, lon)
+        fraction = np.stack([_area_mean(np.where(valid, mk.astype(np.float64), np.nan), self.weights) for mk in missed])
+        counts = np.where(have, missed.sum((-2, -1)), np.nan)
+        out["subset_missed_extreme_fraction"] = (
+            dims,
+            np.where(have, fraction, np.nan),
+            {"long_name": "fraction of points with y above the threshold and no member of the subset above it"},
+        )
+        out["subset_missed_extreme_count"] = (dims, counts, {"long_name": "points missed so (NaN: no threshold)"})
+        out["observed_extreme_count"] = (
+            ("channel",),
+            np.where(have, observed.sum((-2, -1)), np.nan),
+            {"long_name": "points with y above the threshold (NaN: no threshold)"},
+        )
         return out
 
     def fixed(self) -> Result:

@@ -14,7 +14,12 @@ the verification (read lead by lead too), and the scores are computed with the p
   `perturbation_spectrum`, `verification_spectrum`;
 - with an M-climate for the init's calendar day in the archive's side store: `efi` and
   `sot90` maps, computed one latitude tile at a time (the side store's chunk rows) so that
-  only one tile of the lazily read M-climate is in memory.
+  only one tile of the lazily read M-climate is in memory;
+- the ensemble-size curves (`forecast.diagnostics.ensemble_size`) of the same draw of nested
+  subsets as the engine's online `SubsetExtremes` (seeded by the run's base seed), dims
+  (ensemble_size, channel): `subset_outlier_fraction`, `subset_best_member_error`,
+  `subset_crps` (fair) and, with an M-climate, `subset_missed_extreme_fraction` and
+  `subset_missed_extreme_count` of its 99th percentile beside `observed_extreme_count`.
 
 A valid time beyond the archive gives NaN scores for that lead (the forecast is not
 verifiable yet); a rerun after the archive grows rescoring only what is missing is the
@@ -30,6 +35,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from forecast.archive import Archive
+from forecast.diagnostics.ensemble_size import ensemble_size_curves, ensemble_sizes
 from forecast.diagnostics.extremes import efi, sot
 from forecast.diagnostics.mclimate import load_mclimate
 from forecast.diagnostics.scores import (
@@ -82,9 +88,11 @@ def score_lead(
     weights: xr.DataArray,
     climate: xr.DataArray | None = None,
     lmax: int | None = None,
+    subset_seed: int = 0,
 ) -> dict[str, tuple[tuple[str, ...], np.ndarray, dict]]:
-    """Every score of one (init, lead): members (member, channel, lat, lon), truth (channel,
-    lat, lon). Returns {name: (dims after lead_time, values, attributes)}."""
+    """Every score of one (init, lead): members (member, channel, lat, lon, with the store's
+    `checkpoint` and `perturbation` member coordinates for the subsets), truth (channel, lat,
+    lon). Returns {name: (dims after lead_time, values, attributes)}."""
     space = ["lat", "lon"]
     out = {}
 
@@ -112,6 +120,24 @@ def score_lead(
     if climate is not None:
         for name, values, attrs in extremes_by_tile(climate, members):
             out[name] = (("channel", "lat", "lon"), values, attrs)
+    if m >= 4:  # two sizes at least, as the engine's online curves
+        q99 = None if climate is None else climate.sel(quantile=0.99, method="nearest").drop_vars("quantile").load()
+        curves = ensemble_size_curves(
+            members, truth, ensemble_sizes(m), draws=1, seed=subset_seed, weights=weights, dims=space,
+            extreme_threshold=q99, estimators=("fair",),
+        ).isel(draw=0)  # fmt: skip
+        names = {
+            "outlier_fraction": "subset_outlier_fraction",
+            "best_member_error": "subset_best_member_error",
+            "crps_fair": "subset_crps",
+            "missed_extreme_fraction": "subset_missed_extreme_fraction",
+            "missed_extreme_count": "subset_missed_extreme_count",
+        }
+        for name, stored in names.items():
+            if name in curves:
+                put(stored, curves[name].astype(np.float64), ("ensemble_size", "channel"))
+        if "observed_extreme_count" in curves:
+            put("observed_extreme_count", curves["observed_extreme_count"].astype(np.float64), ("channel",))
     return out
 
 
@@ -173,6 +199,8 @@ def diagnose(store: str, archive: str, out: str, rescore: bool = False, progress
     weights = area_weights(lat)
     lmax = default_lmax(len(lat), "equiangular")
     coords = {"channel": channels, "lat": lat, "lon": lon}
+    member_coords = {n: fs.group[n][:] for n in ("checkpoint", "perturbation")}
+    subset_seed = int(fs.run.get("settings", {}).get("base_seed", 0))
     summary = {}
     for i, init in enumerate(fs.init_times):
         key = str(np.datetime64(init, "h"))
@@ -201,17 +229,21 @@ def diagnose(store: str, archive: str, out: str, rescore: bool = False, progress
         for k in tqdm(todo, desc=f"scoring {key}", disable=not progress):
             truth = verification(archive, valid[k : k + 1], channels, lat, lon)[0]  # one lead at a time
             x = np.asarray(fs.group["fields"].get_orthogonal_selection((i, members, k)))
-            xa = xr.DataArray(x, dims=("member", "channel", "lat", "lon"), coords=coords)
+            xa = xr.DataArray(x, dims=("member", "channel", "lat", "lon"), coords=coords).assign_coords(
+                {n: ("member", v[members]) for n, v in member_coords.items()}
+            )
             ya = xr.DataArray(truth, dims=("channel", "lat", "lon"), coords=coords)
             clim = None
             if climate is not None and int(leads[k]) in set(climate.lead_time.values.tolist()):
                 clim = climate.sel(lead_time=int(leads[k]), channel=channels).assign_coords(lat=lat, lon=lon)
             if np.isfinite(truth).any():
                 verified.add(int(leads[k]))
-            for name, (dims, values, attrs) in score_lead(xa, ya, weights, clim, lmax).items():
+            for name, (dims, values, attrs) in score_lead(xa, ya, weights, clim, lmax, subset_seed).items():
                 scores.write(name, j, k, dims, values, _plain(attrs))
         scores.coord("rank", np.arange(len(members) + 1), {"long_name": "rank of the verification"})
         scores.coord("l", np.arange(lmax), {"long_name": "total wavenumber"})
+        if len(members) >= 4:
+            scores.coord("ensemble_size", np.asarray(ensemble_sizes(len(members))), {"nested": "by member rank"})
         scores.group.attrs["members"] = int(len(members))
         scores.mark_scored(init, verified)
         summary[key] = len(verified)
