@@ -114,6 +114,23 @@ def test_online_scores_equal_the_offline_diagnosis(scored):
     assert (offline.outlier_expected == 2.0 / 13).all()
 
 
+def test_tails_and_q99_event_scores_are_consistent(scored):
+    offline = open_scores(scored["scores"])
+    m = offline.attrs["members"]
+    # the anomaly distributions are area-weighted fractions: 1 per (init, lead > 0, channel)
+    dist = offline.verification_anomaly_distribution.isel(lead_time=slice(1, None)).sum("anomaly")
+    np.testing.assert_allclose(dist, 1.0, rtol=1e-12)
+    # the q99 event's binned weights cover the whole (verified) globe, and the fair Brier score
+    # follows from them alone: sum_k E_k (p_k - 1)^2 + N_k p_k^2 - (E_k + N_k) p_k (1 - p_k) / (m - 1)
+    e, n = offline.q99_event_weight, offline.q99_other_weight
+    np.testing.assert_allclose((e + n).sum("probability"), 1.0, rtol=1e-10)
+    pk = offline.probability
+    brier = (e * (pk - 1) ** 2 + n * pk**2 - (e + n) * pk * (1 - pk) / (m - 1)).sum("probability")
+    np.testing.assert_allclose(brier, offline.q99_brier_score, rtol=1e-9, atol=1e-12)
+    assert float(e.sum()) > 0  # the world has events above its M-climate's 99th percentile
+    np.testing.assert_allclose((offline.efi_q99_event_weight + offline.efi_q99_other_weight).sum("efi_bin"), 1.0)
+
+
 def test_a_statistics_only_run_scores_the_same_without_keeping_members(scored):
     stats = zarr.open_group(scored["stats"], mode="r")
     assert "fields" not in stats

@@ -22,8 +22,10 @@ from forecast.diagnostics.ensemble_size import (
 from forecast.diagnostics.online import ArrayVerification, SubsetExtremes
 from forecast.diagnostics.tails import (
     anomaly_distribution,
+    binned_event_weights,
     exceedance_probability,
     roc_area,
+    roc_area_from_bins,
     roc_curve,
     standardised_anomalies,
 )
@@ -188,3 +190,26 @@ def test_roc_area_is_one_for_a_perfect_forecast_and_a_half_for_a_random_one():
     fx, _ = _ensemble(10, 3, 4, 5)
     p = exceedance_probability(fx, 0.5)
     np.testing.assert_allclose(p, (fx.values > 0.5).mean(0))
+
+
+def test_binned_roc_area_pools_exactly_and_equals_the_direct_one_per_probability():
+    from forecast.diagnostics.verify import probability_edges
+
+    fx, fy = _ensemble(12, 20, 40, 7)
+    event = (fy > 0.8).astype(float)
+    shifted = fx + 0.8 * event  # members that lean towards the event: a skilful forecast
+    p = exceedance_probability(shifted, 0.8).squeeze("channel")
+    w = area_weights(fx.lat)
+    binned = binned_event_weights(p, event.squeeze("channel"), probability_edges(12), w)
+    direct = float(roc_area(p, event.squeeze("channel"), w))
+    assert 0.6 < direct < 1.0
+    assert float(roc_area_from_bins(binned.event_weight, binned.other_weight)) == pytest.approx(direct, abs=1e-12)
+    # halves of the grid binned apart pool to the whole grid's bins, each weighing its area
+    north = binned_event_weights(p.isel(lat=slice(10, None)), event.squeeze("channel").isel(lat=slice(10, None)),
+                                 probability_edges(12), w.isel(lat=slice(10, None)))  # fmt: skip
+    south = binned_event_weights(p.isel(lat=slice(None, 10)), event.squeeze("channel").isel(lat=slice(None, 10)),
+                                 probability_edges(12), w.isel(lat=slice(None, 10)))  # fmt: skip
+    area_n, area_s = float(w.isel(lat=slice(10, None)).sum()), float(w.isel(lat=slice(None, 10)).sum())
+    for name in ("event_weight", "other_weight"):
+        pooled = (north[name] * area_n + south[name] * area_s) / (area_n + area_s)
+        np.testing.assert_allclose(pooled, binned[name], rtol=1e-12, atol=1e-15)

@@ -307,17 +307,23 @@ def outlier_fraction(hist: xr.DataArray) -> xr.Dataset:
     )
 
 
-def _exceeds(x: xr.DataArray, threshold: float, comparison: str) -> xr.DataArray:
+def _event_name(threshold: float | xr.DataArray, comparison: str) -> str:
+    return f"value {comparison} {threshold}" if np.ndim(threshold) == 0 else f"value {comparison} a threshold field"
+
+
+def _exceeds(x: xr.DataArray, threshold: float | xr.DataArray, comparison: str) -> xr.DataArray:
     if comparison not in (">", ">="):
         raise ValueError(f"comparison must be '>' or '>=', got {comparison!r}")
     hit = x > threshold if comparison == ">" else x >= threshold
+    if isinstance(threshold, xr.DataArray):  # no threshold at a point (no M-climate there): no event either way
+        hit = hit.where(threshold.notnull())
     return hit.where(x.notnull())
 
 
 def brier_score(
     forecast: xr.DataArray,
     observation: xr.DataArray,
-    threshold: float,
+    threshold: float | xr.DataArray,
     member_dim: str = "member",
     comparison: str = ">",
     fair: bool = True,
@@ -335,14 +341,14 @@ def brier_score(
         score = score - p * (1 - p) / (m - 1).where(m > 1)
     out = _reduce(score, weights, dims)
     return out.assign_attrs(
-        long_name="Brier score", event=f"value {comparison} {threshold}", estimator="fair" if fair else "ensemble"
+        long_name="Brier score", event=_event_name(threshold, comparison), estimator="fair" if fair else "ensemble"
     )
 
 
 def reliability(
     forecast: xr.DataArray,
     observation: xr.DataArray,
-    threshold: float,
+    threshold: float | xr.DataArray,
     member_dim: str = "member",
     comparison: str = ">",
     bins: int = 10,
@@ -370,5 +376,5 @@ def reliability(
             "weight": ("probability_bin", weight),
         },
         coords=coords,
-        attrs={"event": f"value {comparison} {threshold}", "bins": bins},
+        attrs={"event": _event_name(threshold, comparison), "bins": bins},
     )

@@ -141,3 +141,60 @@ def roc_curve(
     far = np.concatenate([[0.0], miss / max(miss[-1], 1e-300)])
     hr = np.concatenate([[0.0], hit / max(hit[-1], 1e-300)])
     return far, hr
+
+
+def binned_event_weights(
+    score: xr.DataArray,
+    event: xr.DataArray,
+    edges: Sequence[float] | np.ndarray,
+    weights: xr.DataArray | None = None,
+    dims: Sequence[str] = ("lat", "lon"),
+) -> xr.Dataset:
+    """Per bin of `score` (a probability, the EFI, …; values beyond `edges` go to the end
+    bins) the (area-)weighted fractions of the valid points that are events and non-events
+    (together 1), dims (*others, bin): sums over init times pool exactly (each init time
+    weighing the same), and the ROC area (`roc_area_from_bins`), the ROC curve, the
+    reliability diagram and the Brier score of a probability follow from them."""
+    edges = np.asarray(edges, np.float64)
+    nbins, dims = len(edges) - 1, list(dims)
+    w = xr.ones_like(score, dtype=np.float64) if weights is None else weights.broadcast_like(score).astype(np.float64)
+    o = event.astype(np.float64).where(event.notnull())
+
+    def sums(v: np.ndarray, ov: np.ndarray, wv: np.ndarray) -> np.ndarray:
+        shape = v.shape[: -len(dims)]
+        v, ov, wv = (a.reshape(*shape, -1).astype(np.float64) for a in (v, ov, wv))
+        out = np.zeros((*shape, 2, nbins))
+        for idx in np.ndindex(shape):
+            ok = ~(np.isnan(v[idx]) | np.isnan(ov[idx]))
+            which = np.clip(np.digitize(v[idx][ok], edges[1:-1]), 0, nbins - 1)
+            hit = ov[idx][ok] > 0.5
+            total = wv[idx][ok].sum()
+            out[idx][0] = np.bincount(which, wv[idx][ok] * hit, minlength=nbins) / total
+            out[idx][1] = np.bincount(which, wv[idx][ok] * ~hit, minlength=nbins) / total
+        return out
+
+    both = xr.apply_ufunc(
+        sums, score, o, w, input_core_dims=[dims, dims, dims], output_core_dims=[["kind", "bin"]],
+        dask="parallelized", output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"output_sizes": {"kind": 2, "bin": nbins}},
+    )  # fmt: skip
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    return xr.Dataset(
+        {
+            "event_weight": both.isel(kind=0).assign_attrs(long_name="weight of event points per bin"),
+            "other_weight": both.isel(kind=1).assign_attrs(long_name="weight of non-event points per bin"),
+        },
+        coords={"bin": centres},
+        attrs={"edges": edges.tolist()},
+    )
+
+
+def roc_area_from_bins(event_weight: xr.DataArray, other_weight: xr.DataArray, dim: str = "bin") -> xr.DataArray:
+    """The ROC area of binned weights (bins in increasing order of the score; points in one bin
+    tie, counting one half): equal to `roc_area` when every bin holds one score value (a
+    probability k/m of m members), NaN without events or non-events."""
+    e, n = event_weight.fillna(0), other_weight.fillna(0)
+    below = n.cumsum(dim) - n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        area = (e * (below + 0.5 * n)).sum(dim) / (e.sum(dim) * n.sum(dim))
+    return area.where((e.sum(dim) > 0) & (n.sum(dim) > 0)).assign_attrs(long_name="area under the ROC curve")

@@ -40,6 +40,7 @@ from forecast.diagnostics.extremes import efi, sot
 from forecast.diagnostics.mclimate import load_mclimate
 from forecast.diagnostics.scores import (
     area_weights,
+    brier_score,
     crps,
     ensemble_mean_rmse,
     outlier_fraction,
@@ -48,9 +49,22 @@ from forecast.diagnostics.scores import (
 )
 from forecast.diagnostics.scores_store import ScoresStore
 from forecast.diagnostics.spectra import default_lmax, ensemble_spectra
+from forecast.diagnostics.tails import (
+    anomaly_distribution,
+    binned_event_weights,
+    exceedance_probability,
+    standardised_anomalies,
+)
 from forecast.ensemble.store import ForecastStore
 
 log = logging.getLogger(__name__)
+ANOMALY_EDGES = np.linspace(-8.0, 8.0, 65)  # standardised anomalies, in ensemble standard deviations
+EFI_EDGES = np.linspace(-1.0, 1.0, 21)
+
+
+def probability_edges(members: int) -> np.ndarray:
+    """Bins of the exceedance probability k/m, one per k = 0..m."""
+    return (np.arange(members + 2) - 0.5) / members
 
 
 def verification(
@@ -120,8 +134,23 @@ def score_lead(
     if climate is not None:
         for name, values, attrs in extremes_by_tile(climate, members):
             out[name] = (("channel", "lat", "lon"), values, attrs)
+    tails = standardised_anomalies(members, truth)
+    for name, da in tails.data_vars.items():
+        dist = anomaly_distribution(da, ANOMALY_EDGES, weights, space).rename(bin="anomaly")
+        put(f"{name}_distribution", dist, ("channel", "anomaly"))
+    q99 = None if climate is None else climate.sel(quantile=0.99, method="nearest").drop_vars("quantile").load()
+    if q99 is not None:
+        event = (truth > q99).where(truth.notnull() & q99.notnull())
+        p = exceedance_probability(members, q99)
+        binned = binned_event_weights(p, event, probability_edges(m), weights, space).rename(bin="probability")
+        for name, da in binned.data_vars.items():
+            put(f"q99_{name}", da, ("channel", "probability"))
+        put("q99_brier_score", brier_score(members, truth, q99, weights=weights, dims=space), ("channel",))
+        efi_map = xr.DataArray(out["efi"][1], dims=("channel", "lat", "lon"), coords=truth.coords)
+        binned = binned_event_weights(efi_map, event, EFI_EDGES, weights, space).rename(bin="efi_bin")
+        for name, da in binned.data_vars.items():
+            put(f"efi_q99_{name}", da, ("channel", "efi_bin"))
     if m >= 4:  # two sizes at least, as the engine's online curves
-        q99 = None if climate is None else climate.sel(quantile=0.99, method="nearest").drop_vars("quantile").load()
         curves = ensemble_size_curves(
             members, truth, ensemble_sizes(m), draws=1, seed=subset_seed, weights=weights, dims=space,
             extreme_threshold=q99, estimators=("fair",),
@@ -244,6 +273,9 @@ def diagnose(store: str, archive: str, out: str, rescore: bool = False, progress
         scores.coord("l", np.arange(lmax), {"long_name": "total wavenumber"})
         if len(members) >= 4:
             scores.coord("ensemble_size", np.asarray(ensemble_sizes(len(members))), {"nested": "by member rank"})
+        centres = {"anomaly": ANOMALY_EDGES, "efi_bin": EFI_EDGES, "probability": probability_edges(len(members))}
+        for name, edges in centres.items():
+            scores.coord(name, 0.5 * (edges[1:] + edges[:-1]), {"edges": edges.tolist()})
         scores.group.attrs["members"] = int(len(members))
         scores.mark_scored(init, verified)
         summary[key] = len(verified)
