@@ -45,6 +45,13 @@ ONLINE_EQUALS_OFFLINE = [
     "subset_missed_extreme_fraction",
     "subset_missed_extreme_count",
     "observed_extreme_count",
+    "verification_anomaly_distribution",
+    "largest_member_anomaly_distribution",
+    "q99_event_weight",
+    "q99_other_weight",
+    "q99_brier_score",
+    "efi_q99_event_weight",
+    "efi_q99_other_weight",
 ]
 
 
@@ -135,7 +142,14 @@ def test_a_statistics_only_run_scores_the_same_without_keeping_members(scored):
     stats = zarr.open_group(scored["stats"], mode="r")
     assert "fields" not in stats
     members = zarr.open_group(scored["members"], mode="r")
-    for name in ("crps", "rank_histogram", "efi", "member_mean_spectrum"):
+    for name in (
+        "crps",
+        "rank_histogram",
+        "efi",
+        "member_mean_spectrum",
+        "subset_best_member_error",
+        "q99_event_weight",
+    ):
         np.testing.assert_allclose(stats[name][:], members[name][:], rtol=1e-12, err_msg=name)
     leftovers = [p.name for p in Path(scored["stats"]).parent.iterdir() if "scratch" in p.name]
     assert leftovers == []  # the CRPS scratch members are deleted once the scores are written

@@ -19,7 +19,8 @@ from forecast.diagnostics.ensemble_size import (
     nested_subsets,
     subset_ranks,
 )
-from forecast.diagnostics.online import ArrayVerification, SubsetExtremes
+from forecast.diagnostics.online import ArrayVerification
+from forecast.diagnostics.online_extremes import SubsetExtremes
 from forecast.diagnostics.tails import (
     anomaly_distribution,
     binned_event_weights,
@@ -193,7 +194,7 @@ def test_roc_area_is_one_for_a_perfect_forecast_and_a_half_for_a_random_one():
 
 
 def test_binned_roc_area_pools_exactly_and_equals_the_direct_one_per_probability():
-    from forecast.diagnostics.verify import probability_edges
+    from forecast.diagnostics.tails import probability_edges
 
     fx, fy = _ensemble(12, 20, 40, 7)
     event = (fy > 0.8).astype(float)

@@ -23,9 +23,22 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
+# Bins centred on round values, so that no edge sits at a value fields take exactly (an
+# anomaly or an EFI of 0: a verification equal to the ensemble mean, a degenerate climate),
+# where rounding alone would move points between bins.
+ANOMALY_EDGES = np.linspace(-8.125, 8.125, 66)  # standardised anomalies: centres -8, -7.75, ..., 8
+EFI_EDGES = np.linspace(-1.05, 1.05, 22)  # centres -1, -0.9, ..., 1
+
+
+def probability_edges(members: int) -> np.ndarray:
+    """Bins of the exceedance probability k/m of m members, one per k = 0..m."""
+    return (np.arange(members + 2) - 0.5) / members
+
 
 def standardised_anomalies(forecast: xr.DataArray, observation: xr.DataArray, member_dim: str = "member") -> xr.Dataset:
-    """z_y = (y − x̄)/s and z_max = max_i |x_i − x̄|/s per point (NaN where s = 0 or y is NaN)."""
+    """z_y = (y − x̄)/s and z_max = max_i |x_i − x̄|/s per point (NaN where s = 0 or y is NaN),
+    in float64 whatever the members' dtype."""
+    forecast = forecast.astype(np.float64)
     mean = forecast.mean(member_dim)
     s = forecast.std(member_dim, ddof=1)
     s = s.where(s > 0)
@@ -169,6 +182,9 @@ def binned_event_weights(
             which = np.clip(np.digitize(v[idx][ok], edges[1:-1]), 0, nbins - 1)
             hit = ov[idx][ok] > 0.5
             total = wv[idx][ok].sum()
+            if total <= 0:  # nothing to verify (no threshold, no analysis yet): NaN, not 0
+                out[idx] = np.nan
+                continue
             out[idx][0] = np.bincount(which, wv[idx][ok] * hit, minlength=nbins) / total
             out[idx][1] = np.bincount(which, wv[idx][ok] * ~hit, minlength=nbins) / total
         return out

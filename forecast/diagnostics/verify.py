@@ -50,21 +50,17 @@ from forecast.diagnostics.scores import (
 from forecast.diagnostics.scores_store import ScoresStore
 from forecast.diagnostics.spectra import default_lmax, ensemble_spectra
 from forecast.diagnostics.tails import (
+    ANOMALY_EDGES,
+    EFI_EDGES,
     anomaly_distribution,
     binned_event_weights,
     exceedance_probability,
+    probability_edges,
     standardised_anomalies,
 )
 from forecast.ensemble.store import ForecastStore
 
 log = logging.getLogger(__name__)
-ANOMALY_EDGES = np.linspace(-8.0, 8.0, 65)  # standardised anomalies, in ensemble standard deviations
-EFI_EDGES = np.linspace(-1.0, 1.0, 21)
-
-
-def probability_edges(members: int) -> np.ndarray:
-    """Bins of the exceedance probability k/m, one per k = 0..m."""
-    return (np.arange(members + 2) - 0.5) / members
 
 
 def verification(

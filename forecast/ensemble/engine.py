@@ -429,15 +429,8 @@ def online_scores(plan: Plan, channels: list[str], store_location: str) -> list[
     M-climate (read lead by lead and tile by tile)."""
     from forecast.diagnostics.ensemble_size import ensemble_sizes, subset_ranks
     from forecast.diagnostics.mclimate import load_mclimate
-    from forecast.diagnostics.online import (
-        EFIWeights,
-        LeadVerification,
-        MeanSkill,
-        RankCounts,
-        SpectraSums,
-        SubsetExtremes,
-        TiledCRPS,
-    )
+    from forecast.diagnostics.online import EFIWeights, LeadVerification, MeanSkill, RankCounts, SpectraSums, TiledCRPS
+    from forecast.diagnostics.online_extremes import SubsetExtremes, TailScores
     from forecast.diagnostics.scores import area_weights
 
     grid = Archive.open(plan.archive).grid
@@ -459,31 +452,32 @@ def online_scores(plan: Plan, channels: list[str], store_location: str) -> list[
         ),
     ]
     climate = load_mclimate(plan.archive, plan.init_time)
-    lead_map, clim = {}, None
+    lead_map, clim, efi = {}, None, None
     if climate is not None:
         have = {int(h): i for i, h in enumerate(climate.lead_time.values)}
         lead_map = {k: have[int(h)] for k, h in enumerate(plan.output_leads) if int(h) in have}
         if lead_map:
             clim = climate.sel(channel=channels).isel(lat=plan.lat_index, lon=plan.lon_index)
-            accs.append(EFIWeights(clim, lead_map))
+            efi = EFIWeights(clim, lead_map)
+            accs.append(efi)
+    cache: dict[int, np.ndarray] = {}
+
+    def q99(k: int) -> np.ndarray | None:
+        """The M-climate's 99th percentile at lead k (the extreme of missed extremes and of the
+        q99 event scores), read once per lead: every block and accumulator of the lead share it."""
+        if k not in lead_map:
+            return None
+        if k not in cache:
+            cache.clear()
+            cache[k] = np.asarray(clim.isel(lead_time=lead_map[k]).sel(quantile=0.99, method="nearest"))
+        return cache[k]
+
+    threshold = q99 if clim is not None else None
+    accs.append(TailScores(truth, weights, threshold, efi))
     if plan.layout.size >= 4:  # ensemble-size curves need two sizes at least
         coords = plan.layout.coords()
         # one draw of nested subsets, fixed by the run's base seed (offline curves may average more)
         ranks = subset_ranks(coords["checkpoint"], coords["perturbation"], seed=plan.settings.base_seed)
-
-        cache: dict[int, np.ndarray] = {}
-
-        def q99(k: int) -> np.ndarray | None:
-            """The M-climate's 99th percentile at lead k (the "extreme" of missed extremes),
-            read once per lead: every block of the lead shares it."""
-            if k not in lead_map:
-                return None
-            if k not in cache:
-                cache.clear()
-                cache[k] = np.asarray(clim.isel(lead_time=lead_map[k]).sel(quantile=0.99, method="nearest"))
-            return cache[k]
-
-        threshold = q99 if clim is not None else None
         accs.append(SubsetExtremes(truth, weights, ranks, ensemble_sizes(plan.layout.size), threshold))
     return accs
 
