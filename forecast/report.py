@@ -2,8 +2,10 @@
 
 The markdown has a headline table (CRPS, ensemble-mean RMSE, spread-skill ratio and outlier
 fraction against its calibrated value, per channel at a few lead times), the largest EFI per
-channel where an M-climate exists, and the plots. The same markdown is what a Prefect flow
-publishes as its artifact, so the report on disk and the one in the UI never differ.
+channel where an M-climate exists, one line on what the largest ensemble bought over the
+smallest (outliers, best member, missed extremes: `plots_extremes.size_summary`), and the
+plots. The same markdown is what a Prefect flow publishes as its artifact, so the report on
+disk and the one in the UI never differ.
 """
 
 from __future__ import annotations
@@ -81,6 +83,11 @@ def report_markdown(
                     f"- {c}: {float(point):+.2f} at {float(point.lat):.1f}N {float(point.lon):.1f}E, "
                     f"+{int(point.lead_time) / 24:g} d"
                 )
+    from forecast.diagnostics.plots_extremes import size_summary
+
+    line = size_summary(ds.load(), [c for c in HEADLINE if c in ds.channel.values])
+    if line:
+        lines += ["", line]
     lines += ["", "## Plots", ""]
     lines += [f"![{p.stem}]({p.relative_to(base)})" for p in plots]
     return "\n".join(lines) + "\n"

@@ -138,6 +138,22 @@ def test_tails_and_q99_event_scores_are_consistent(scored):
     np.testing.assert_allclose((offline.efi_q99_event_weight + offline.efi_q99_other_weight).sum("efi_bin"), 1.0)
 
 
+def test_the_report_line_says_what_the_largest_ensemble_bought(scored):
+    from forecast.diagnostics.plots_extremes import size_summary
+
+    offline = open_scores(scored["scores"]).load()
+    channels = ["z500", "t850"]
+    line = size_summary(offline, channels, days=0.5)  # the world's run reaches 12 h
+    s = offline.sel(lead_time=12, channel=channels).mean("init_time")
+    first, last = s.isel(ensemble_size=0), s.isel(ensemble_size=-1)
+    fractions = [float(x.subset_outlier_fraction.mean()) for x in (first, last)]
+    expected = f"outliers {fractions[0]:.3f} -> {fractions[1]:.3f}"
+    assert line.startswith("From 2 to 12 members (+0.5 d, mean over z500, t850)") and expected in line
+    bought = -100 * float((1 - last.subset_best_member_error / first.subset_best_member_error).mean())
+    assert f"best-member error {bought:+.0f} %" in line and bought < 0  # nested subsets: never worse
+    assert "missed q99 extremes" in line
+
+
 def test_a_statistics_only_run_scores_the_same_without_keeping_members(scored):
     stats = zarr.open_group(scored["stats"], mode="r")
     assert "fields" not in stats
@@ -180,6 +196,7 @@ def test_diagnose_cli_resumes_and_refuses_another_source(scored, world_archive, 
     assert main([*args, "--plots", str(plots)]) == 0
     np.testing.assert_array_equal(open_scores(str(out)).crps.values, open_scores(scored["scores"]).crps.values)
     expected = {"crps_spread_skill", "rank_histograms", "spectra_z500", "efi_maps", "plume_z500", "reliability_z500"}
+    expected |= {"ensemble_size_curves", "tails", "roc_q99"}
     assert expected <= {p.stem for p in plots.glob("*.png")}
     for png in plots.glob("*.png"):
         image = plt.imread(png)

@@ -150,9 +150,14 @@ class TailScores:
     name = "tails"
 
     def __init__(
-        self, truth: LeadVerification, area_weights: np.ndarray, threshold=None, efi: EFIWeights | None = None
+        self,
+        truth: LeadVerification,
+        area_weights: np.ndarray,
+        members: int,
+        threshold=None,
+        efi: EFIWeights | None = None,
     ):
-        self.truth, self.threshold, self.efi = truth, threshold, efi
+        self.truth, self.members, self.threshold, self.efi = truth, int(members), threshold, efi
         self.weights = np.asarray(area_weights, np.float64)
         self.reads = (EnsembleMoments.name, *((EFIWeights.name,) if efi is not None else ()))
 
@@ -203,4 +208,15 @@ class TailScores:
             binned = binned_event_weights(self._fields(efi_map), self._fields(event), EFI_EDGES, w)
             for name, da in binned.data_vars.items():
                 out[f"efi_q99_{name}"] = (("channel", "efi_bin"), da.values, {})
+        return out
+
+    def fixed(self) -> Result:
+        centre = lambda edges: 0.5 * (edges[1:] + edges[:-1])  # noqa: E731
+        out = {
+            "anomaly": (("anomaly",), centre(ANOMALY_EDGES), {"edges": ANOMALY_EDGES.tolist()}),
+            "efi_bin": (("efi_bin",), centre(EFI_EDGES), {"edges": EFI_EDGES.tolist()}),
+        }
+        if self.threshold is not None:
+            edges = probability_edges(self.members)
+            out["probability"] = (("probability",), centre(edges), {"edges": edges.tolist()})
         return out

@@ -2,9 +2,11 @@
 
 `plot_scores` draws, per channel where it applies: CRPS and spread-skill against lead time,
 the member-mean and ensemble-mean spectra over the verification's by lead, rank histograms
-with the flat line of a calibrated ensemble, a reliability diagram, EFI maps, and an ensemble
-plume at one point. Scores are averaged over the init times scored (spread-skill from the
-mean variance and the mean squared error: means before roots).
+with the flat line of a calibrated ensemble, a reliability diagram, EFI maps, an ensemble
+plume at one point, and what more members buy (`forecast.diagnostics.plots_extremes`:
+ensemble-size curves, tails, ROC curves of 99th-percentile events). Scores are averaged over
+the init times scored (spread-skill from the mean variance and the mean squared error: means
+before roots).
 """
 
 from __future__ import annotations
@@ -190,6 +192,14 @@ def plot_scores(
     paths += [plot_spectra(ds, c, folder / f"spectra_{c}.png") for c in channels[:2]]
     if "efi" in ds:
         paths.append(plot_efi_maps(ds, channels[:3], folder / "efi_maps.png"))
+    from forecast.diagnostics.plots_extremes import plot_ensemble_size_curves, plot_roc, plot_tails
+
+    if "subset_outlier_fraction" in ds and "ensemble_size" in ds.coords:
+        paths.append(plot_ensemble_size_curves(ds, channels, folder / "ensemble_size_curves.png"))
+    if "verification_anomaly_distribution" in ds and "anomaly" in ds.coords:
+        paths.append(plot_tails(ds, channels[:4], folder / "tails.png"))
+    if "q99_event_weight" in ds and float(ds.q99_event_weight.sum()) > 0:
+        paths.append(plot_roc(ds, channels[:4], folder / "roc_q99.png"))
     if forecast_store and archive:
         from forecast.ensemble.store import ForecastStore
 
