@@ -46,6 +46,11 @@ def test_diagnostics_notebook_on_the_demo_outputs(tiny_demo, monkeypatch, tmp_pa
     assert ns["identity_error"] < 1e-6 * float(ns["s"].member_mean_spectrum.max())
     assert ns["efi_map"] is not None and np.isfinite(ns["efi_map"].values).all()
     assert abs(float(ns["hist"].sum("rank").sel(channel="z500")) - 33 * 64) < 1e-6  # every point ranked once
+    # the ensemble-size curves of the forecast: 2, 4, 8 members, the best member never worse in a larger subset
+    assert ns["sizes"].tolist() == [2, 4, 8]
+    best = ns["curves"].subset_best_member_error.sel(channel=ns["channels"]).values
+    assert np.all(np.diff(best, axis=0) <= 0) and np.all(best > 0)
+    assert ns["roc"] is None or np.all((ns["roc"].values >= 0) & (ns["roc"].values <= 1) | np.isnan(ns["roc"].values))
 
 
 def test_ensemble_notebook_regenerates_a_stored_member(tiny_demo, monkeypatch, tmp_path):

@@ -122,7 +122,8 @@ def size_summary(ds: xr.Dataset, channels: Sequence[str], days: float = 5.0) -> 
     if "subset_outlier_fraction" not in ds or ds.sizes.get("ensemble_size", 0) < 2:
         return None
     lead = _mid_lead(ds, days)
-    s = ds.sel(lead_time=lead, channel=list(channels)).mean("init_time")
+    s = ds.sel(lead_time=lead, channel=list(channels))
+    s = s.mean("init_time") if "init_time" in s.dims else s  # one init time (a report) or several
     first, last = s.isel(ensemble_size=0), s.isel(ensemble_size=-1)
     small, large = int(ds.ensemble_size[0]), int(ds.ensemble_size[-1])
     outliers = (float(first.subset_outlier_fraction.mean()), float(last.subset_outlier_fraction.mean()))
