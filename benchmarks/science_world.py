@@ -24,9 +24,16 @@ sqrt(<e²>), means over init times before the roots), member power at l >= 8 ove
 verification's, the fraction of points outside the ensemble's range (calibrated: 2/(m+1)),
 spread growth day 1 -> 5 and the spread split into between- and within-checkpoint variance.
 
+With `--size-curves` (issue #14), (d) is run once more at 258 members (3 checkpoints x 43 x
++/-), statistics only, scored online, and the JSON gains its ensemble-size curves (outliers
+beside 2/(m'+1) and the best member's error for m' = 2 ... 256, 258, from the engine's nested
+subsets) and its fair CRPS beside (d)'s at 48 members: what 8 -> 256 members buy.
+`--only-size-curves` adds them to an existing JSON without redoing the table.
+
 Each step writes its result under --work and is skipped when it is there, so a rerun resumes.
 
     python benchmarks/science_world.py --work DIR [--world W --archive A] [--physics-matched]
+        [--size-curves | --only-size-curves]
 """
 
 from __future__ import annotations
@@ -368,6 +375,8 @@ def main() -> None:
     p.add_argument("--crps-config", default="train-stochastic.yaml", help="training config of (c), (d)")
     p.add_argument("--physics-matched", action="store_true", help="also (f2): physics at (d)'s initial spread")
     p.add_argument("--skip-physics", action="store_true", help="the ML table only (the physics takes longest)")
+    p.add_argument("--size-curves", action="store_true", help="also (d) at 258 members: ensemble-size curves")
+    p.add_argument("--only-size-curves", action="store_true", help="add the curves to an existing --out JSON")
     p.add_argument("--out", default="benchmarks/results/science_world.json")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -393,6 +402,12 @@ def main() -> None:
     timing["world_and_archive_s"] = time.perf_counter() - t0
     mse, mse_s = train_packages(work, archive, "mse", args.mse_config)
     crps, crps_s = train_packages(work, archive, "crps", args.crps_config)
+    if args.only_size_curves:
+        result = json.loads(Path(args.out).read_text())
+        result["size_curves"] = size_curves(work, archive, crps)
+        Path(args.out).write_text(json.dumps(result, indent=1, default=float))
+        log.info("added the ensemble-size curves of (d) to %s", args.out)
+        return
     timing["train_wall_s"] = {"mse": mse_s, "crps": crps_s}
     t0 = time.perf_counter()
     cal = {"mse": calibration_for(work, archive, mse, "mse"), "crps": calibration_for(work, archive, crps, "crps")}
@@ -421,6 +436,8 @@ def main() -> None:
         "calibration": {k: json.loads(Path(v).read_text())["channel_amplitudes"] for k, v in cal.items()},
         "inflation": {c: inflation[:, j].tolist() for j, c in enumerate(scored["a"]["channels"]) if c in CHANNELS},
     }
+    if args.size_curves:
+        common["size_curves"] = size_curves(work, archive, crps)
     write_result(args.out, common, scored, timing)  # the ML table first: the physics takes longest
     if args.skip_physics:
         return
@@ -436,6 +453,37 @@ def main() -> None:
         scored["f2"] = _merge([score_store(s, archive, climatology) for s in physics["f2"]])
     timing["physics_s"] = time.perf_counter() - t0
     write_result(args.out, common, scored, timing)
+
+
+def size_curves(work: Path, archive: str, packages: list[str], perturbations: int = 43) -> dict:
+    """(d) at 2 x 3 x `perturbations` members, statistics only, on the test init times: the
+    online ensemble-size curves (mean over init times) and the full-size fair CRPS, to set
+    beside the table's (d) at 48 members (equal in expectation for exchangeable members)."""
+    from forecast.calibration import apply_calibration
+    from forecast.ensemble.engine import RunSettings
+    from forecast.ensemble.store import open_forecast
+
+    base = RunSettings(perturbations=perturbations, lead_hours=max(LEADS), output_leads=LEADS, score=True,
+                       store_members=False)  # fmt: skip
+    settings = apply_calibration(base, str(work / "calibration-crps.json"), packages)
+    start = time.perf_counter()
+    big = run_test(work, archive, packages, f"d{2 * len(packages) * perturbations}", settings)
+    seconds = time.perf_counter() - start
+    ds = open_forecast(big).sel(channel=list(CHANNELS))
+    out: dict = {"members": int(ds.member_count.values.flat[0]), "run_s": round(seconds, 1),
+                 "ensemble_size": ds.ensemble_size.values.tolist(), "leads": {}}  # fmt: skip
+    for d in DAYS:
+        h = 24 * d
+        big_d = ds.sel(lead_time=h)
+        out["leads"][str(d)] = {
+            c: {
+                "outlier_fraction": big_d.subset_outlier_fraction.sel(channel=c).mean("init_time").values.tolist(),
+                "best_member_error": big_d.subset_best_member_error.sel(channel=c).mean("init_time").values.tolist(),
+                "crps_fair": float(big_d.crps.sel(channel=c).mean()),  # beside the table's (d) at 48
+            }
+            for c in CHANNELS
+        }
+    return out
 
 
 def write_result(out: str, common: dict, scored: dict, timing: dict) -> None:

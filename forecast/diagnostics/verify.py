@@ -99,10 +99,12 @@ def score_lead(
     climate: xr.DataArray | None = None,
     lmax: int | None = None,
     subset_seed: int = 0,
+    extremes: bool = True,
 ) -> dict[str, tuple[tuple[str, ...], np.ndarray, dict]]:
     """Every score of one (init, lead): members (member, channel, lat, lon, with the store's
     `checkpoint` and `perturbation` member coordinates for the subsets), truth (channel, lat,
-    lon). Returns {name: (dims after lead_time, values, attributes)}."""
+    lon). `extremes` False leaves out `extremes_scores`. Returns {name: (dims after
+    lead_time, values, attributes)}."""
     space = ["lat", "lon"]
     out = {}
 
@@ -130,6 +132,29 @@ def score_lead(
     if climate is not None:
         for name, values, attrs in extremes_by_tile(climate, members):
             out[name] = (("channel", "lat", "lon"), values, attrs)
+    if extremes:
+        efi_map = out["efi"][1] if "efi" in out else None
+        out.update(extremes_scores(members, truth, weights, climate, efi_map, subset_seed))
+    return out
+
+
+def extremes_scores(
+    members: xr.DataArray,
+    truth: xr.DataArray,
+    weights: xr.DataArray,
+    climate: xr.DataArray | None,
+    efi_map: np.ndarray | None,
+    subset_seed: int = 0,
+) -> dict[str, tuple[tuple[str, ...], np.ndarray, dict]]:
+    """What more members buy (issue #14), of one (init, lead): the tails, the q99 event scores
+    (with an M-climate) and the ensemble-size curves of the draw the engine keeps online."""
+    space = ["lat", "lon"]
+    m = members.sizes["member"]
+    out = {}
+
+    def put(name, da, dims):
+        out[name] = (dims, np.asarray(da.transpose(*dims).values), dict(da.attrs))
+
     tails = standardised_anomalies(members, truth)
     for name, da in tails.data_vars.items():
         dist = anomaly_distribution(da, ANOMALY_EDGES, weights, space).rename(bin="anomaly")
@@ -142,10 +167,11 @@ def score_lead(
         for name, da in binned.data_vars.items():
             put(f"q99_{name}", da, ("channel", "probability"))
         put("q99_brier_score", brier_score(members, truth, q99, weights=weights, dims=space), ("channel",))
-        efi_map = xr.DataArray(out["efi"][1], dims=("channel", "lat", "lon"), coords=truth.coords)
-        binned = binned_event_weights(efi_map, event, EFI_EDGES, weights, space).rename(bin="efi_bin")
-        for name, da in binned.data_vars.items():
-            put(f"efi_q99_{name}", da, ("channel", "efi_bin"))
+        if efi_map is not None:
+            efi = xr.DataArray(efi_map, dims=("channel", "lat", "lon"), coords=truth.coords)
+            binned = binned_event_weights(efi, event, EFI_EDGES, weights, space).rename(bin="efi_bin")
+            for name, da in binned.data_vars.items():
+                put(f"efi_q99_{name}", da, ("channel", "efi_bin"))
     if m >= 4:  # two sizes at least, as the engine's online curves
         curves = ensemble_size_curves(
             members, truth, ensemble_sizes(m), draws=1, seed=subset_seed, weights=weights, dims=space,
@@ -206,12 +232,17 @@ def extremes_by_tile(
     return [(name, values[name], attrs[name]) for name in ("efi", "sot90")]
 
 
-def diagnose(store: str, archive: str, out: str, rescore: bool = False, progress: bool = True) -> dict:
+def diagnose(
+    store: str, archive: str, out: str, rescore: bool = False, progress: bool = True, extremes: bool = True
+) -> dict:
     """Score every init time of the forecast store `store` against `archive` into the scores
     store `out`. An init time scored before is skipped, except for the lead times whose
     verifying analyses have reached the archive since (a daily forecast is scored first for
     its early leads, then lead by lead as the analyses come in). `rescore` scores everything
-    again. Returns {init_time: number of leads verified} for the init times scored now."""
+    again. `extremes` False leaves out the tails, q99 event scores and ensemble-size curves
+    (`extremes_scores`: today the larger part of the time at many members, `benchmarks/
+    bench_ensemble_size.py`). Returns {init_time: number of leads verified} for the init
+    times scored now."""
     fs = ForecastStore.open(store)
     if not fs.store_members:
         raise ValueError(f"{store}: this run kept statistics only; score it online (the engine's scores) instead")
@@ -263,7 +294,7 @@ def diagnose(store: str, archive: str, out: str, rescore: bool = False, progress
                 clim = climate.sel(lead_time=int(leads[k]), channel=channels).assign_coords(lat=lat, lon=lon)
             if np.isfinite(truth).any():
                 verified.add(int(leads[k]))
-            for name, (dims, values, attrs) in score_lead(xa, ya, weights, clim, lmax, subset_seed).items():
+            for name, (dims, values, attrs) in score_lead(xa, ya, weights, clim, lmax, subset_seed, extremes).items():
                 scores.write(name, j, k, dims, values, _plain(attrs))
         scores.coord("rank", np.arange(len(members) + 1), {"long_name": "rank of the verification"})
         scores.coord("l", np.arange(lmax), {"long_name": "total wavenumber"})
