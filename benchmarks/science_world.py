@@ -24,10 +24,10 @@ sqrt(<e²>), means over init times before the roots), member power at l >= 8 ove
 verification's, the fraction of points outside the ensemble's range (calibrated: 2/(m+1)),
 spread growth day 1 -> 5 and the spread split into between- and within-checkpoint variance.
 
-With `--size-curves` (issue #14), (d) is run once more at 258 members (3 checkpoints x 43 x
+With `--size-curves` (issue #14), (d) is run once more at 132 members (3 checkpoints x 22 x
 +/-), statistics only, scored online, and the JSON gains its ensemble-size curves (outliers
-beside 2/(m'+1) and the best member's error for m' = 2 ... 256, 258, from the engine's nested
-subsets) and its fair CRPS beside (d)'s at 48 members: what 8 -> 256 members buy.
+beside 2/(m'+1) and the best member's error for m' = 2 ... 128, 132, from the engine's nested
+subsets) and its fair CRPS beside (d)'s at 48 members (2 cores bound the size; a GPU runs thousands).
 `--only-size-curves` adds them to an existing JSON without redoing the table.
 
 Each step writes its result under --work and is skipped when it is there, so a rerun resumes.
@@ -375,7 +375,7 @@ def main() -> None:
     p.add_argument("--crps-config", default="train-stochastic.yaml", help="training config of (c), (d)")
     p.add_argument("--physics-matched", action="store_true", help="also (f2): physics at (d)'s initial spread")
     p.add_argument("--skip-physics", action="store_true", help="the ML table only (the physics takes longest)")
-    p.add_argument("--size-curves", action="store_true", help="also (d) at 258 members: ensemble-size curves")
+    p.add_argument("--size-curves", action="store_true", help="also (d) at 132 members: ensemble-size curves")
     p.add_argument("--only-size-curves", action="store_true", help="add the curves to an existing --out JSON")
     p.add_argument("--out", default="benchmarks/results/science_world.json")
     args = p.parse_args()
@@ -455,7 +455,7 @@ def main() -> None:
     write_result(args.out, common, scored, timing)
 
 
-def size_curves(work: Path, archive: str, packages: list[str], perturbations: int = 43) -> dict:
+def size_curves(work: Path, archive: str, packages: list[str], perturbations: int = 22) -> dict:
     """(d) at 2 x 3 x `perturbations` members, statistics only, on the test init times: the
     online ensemble-size curves (mean over init times) and the full-size fair CRPS, to set
     beside the table's (d) at 48 members (equal in expectation for exchangeable members)."""

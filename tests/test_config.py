@@ -56,11 +56,13 @@ def test_train_config_loads_with_nested_model_and_checked_weights(tmp_path):
 
     cfg = load(TrainConfig, CONFIG_DIR / "train.yaml")
     assert cfg.model.grid == "equiangular" and cfg.finetune_rollout_steps == 4
-    # the stochastic config is train.yaml with model noise and the CRPS, nothing else
+    # the stochastic config is train.yaml with model noise, the CRPS and a 2-day (8-step)
+    # rollout fine-tuning, nothing else
     stochastic = load(TrainConfig, CONFIG_DIR / "train-stochastic.yaml")
-    assert stochastic.loss == "crps" and stochastic.model.stochastic
+    assert stochastic.loss == "crps" and stochastic.model.stochastic and stochastic.finetune_rollout_steps == 8
     plain_model = dataclasses.replace(stochastic.model, noise_length_scales_km=())
-    assert dataclasses.replace(stochastic, loss="mse", model=plain_model) == cfg
+    plain = dataclasses.replace(stochastic, loss="mse", model=plain_model, finetune_rollout_steps=4)
+    assert plain == cfg
     bad = tmp_path / "t.yaml"
     bad.write_text("channel_weights: {z500: heavy}\n")
     with pytest.raises(ConfigError, match=r"channel_weights.z500: expected float, got 'heavy'"):
