@@ -76,6 +76,14 @@ def test_demo_runs_the_whole_chain_into_one_directory(tiny_demo):
     report = (out / "forecast" / "report-2000-02-24T00.md").read_text()
     assert "| z500 | 1 |" in report and "efi_maps" in report
     assert len(list((out / "forecast" / "plots-2000-02-24T00").glob("*.png"))) >= 6
+    # the forecast's scores hold its ensemble-size curves (issue #14), and the report says what 8 members bought
+    from forecast.diagnostics.scores_store import open_scores
+
+    scores = open_scores(str(out / "forecast" / "scores.zarr"))
+    assert scores.ensemble_size.values.tolist() == [2, 4, 8]
+    best = scores.subset_best_member_error.isel(init_time=0, lead_time=-1).values  # (size, channel)
+    assert np.all(np.diff(best, axis=0) <= 0) and np.isfinite(scores.subset_outlier_fraction.values[:, 1:]).all()
+    assert "From 2 to 8 members" in report and "ensemble_size_curves" in report
     # the calibration chose the amplitudes that the hindcasts and the forecast ran with
     calibration = json.loads((out / "calibration.json").read_text())
     assert f"calibration {out / 'calibration.json'}" in printed
