@@ -8,7 +8,8 @@ online scores: the names are the same). Averaged over the init times given, as `
 - `plot_tails`: the area-weighted distribution of the verification's standardised anomaly
   (y − x̄)/s beside that of the largest member anomaly, per channel at one lead;
 - `plot_roc`: ROC curves of the q99 exceedance probability at a few leads and of the EFI, from
-  the binned event weights pooled over init times, with their areas.
+  the binned event weights pooled over init times, with their areas, and the reliability
+  diagrams of that probability.
 """
 
 from __future__ import annotations
@@ -90,9 +91,11 @@ def _curve(event: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def plot_roc(ds: xr.Dataset, channels: Sequence[str], path: Path, days: Sequence[float] = (1, 3, 5, 10)) -> Path:
-    fig, axes = plt.subplots(1, len(channels), figsize=(3.2 * len(channels), 3.2), squeeze=False)
+    """ROC curves (top) and reliability diagrams (bottom) of P(> the M-climate's q99)."""
+    fig, axes = plt.subplots(2, len(channels), figsize=(3.2 * len(channels), 6.2), squeeze=False)
     leads = sorted({_mid_lead(ds, d) for d in days})
-    for ax, c in zip(axes[0], channels, strict=True):
+    for j, c in enumerate(channels):
+        ax, rel = axes[0, j], axes[1, j]
         for lead in leads:
             s = ds.sel(lead_time=lead, channel=c).sum("init_time")
             e, n = s.q99_event_weight.values, s.q99_other_weight.values
@@ -100,6 +103,12 @@ def plot_roc(ds: xr.Dataset, channels: Sequence[str], path: Path, days: Sequence
                 continue
             area = float(roc_area_from_bins(s.q99_event_weight, s.q99_other_weight, "probability"))
             ax.plot(*_curve(e, n), "-", label=f"P(>q99) +{lead / 24:g} d: {area:.2f}")
+            # ten probability bins for the diagram (the stored k/m bins are too fine to read)
+            which = np.minimum((ds.probability.values * 10).astype(int), 9)
+            e10, n10 = np.bincount(which, e, minlength=10), np.bincount(which, n, minlength=10)
+            p10 = np.bincount(which, ds.probability.values * (e + n), minlength=10)
+            used, total = (e10 + n10) > 0, e10 + n10
+            rel.plot(p10[used] / total[used], e10[used] / total[used], "o-", ms=3, label=f"+{lead / 24:g} d")
         if "efi_q99_event_weight" in ds:
             lead = _mid_lead(ds, 5.0)
             s = ds.sel(lead_time=lead, channel=c).sum("init_time")
@@ -108,11 +117,15 @@ def plot_roc(ds: xr.Dataset, channels: Sequence[str], path: Path, days: Sequence
                 ax.plot(*_curve(s.efi_q99_event_weight.values, s.efi_q99_other_weight.values), "k--",
                         label=f"EFI +{lead / 24:g} d: {area:.2f}")  # fmt: skip
         ax.plot([0, 1], [0, 1], color="0.6", lw=0.8)
+        rel.plot([0, 1], [0, 1], color="0.6", lw=0.8)
         ax.set_title(f"{c}: q99 events", fontsize=9)
         ax.set_xlabel("false-alarm rate")
-        if ax.get_legend_handles_labels()[0]:  # a channel with no q99 event has no curve
-            ax.legend(fontsize=6)
+        rel.set_xlabel("forecast probability")
+        for a in (ax, rel):
+            if a.get_legend_handles_labels()[0]:  # a channel with no q99 event has no curve
+                a.legend(fontsize=6)
     axes[0, 0].set_ylabel("hit rate")
+    axes[1, 0].set_ylabel("observed frequency")
     return _save(fig, path)
 
 
