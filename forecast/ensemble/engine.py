@@ -59,8 +59,8 @@ class RunSettings:
     # Per-channel amplitudes (x the 48-hour RMSE) over `amplitude`, e.g. from `forecast calibrate`
     channel_amplitudes: dict[str, float] = dataclasses.field(default_factory=dict)
     model_noise: bool = True  # a stochastic checkpoint's own noise; False: its noise held at zero
-    # x the model noise's standard deviation (1: as trained), e.g. from `forecast calibrate`;
-    # the breeding cycles keep the trained noise (they measure the dynamics' growth)
+    # x the model noise's standard deviation (1: as trained; below 1 cost skill on validation,
+    # README "The science"); the breeding cycles keep the trained noise (they measure the dynamics' growth)
     noise_scale: float = 1.0
 
     @classmethod
@@ -426,7 +426,8 @@ def accumulators_for(plan: Plan, store_location: str) -> list[Accumulator]:
 def online_scores(plan: Plan, channels: list[str], store_location: str) -> list[Accumulator]:
     """The scores kept while a hindcast runs, against the archive's analyses at the valid
     times (NaN where the archive ends), read lead by lead; the EFI where the side store has an
-    M-climate (read lead by lead and tile by tile)."""
+    M-climate (read lead by lead and tile by tile); the tails, q99 event scores and
+    ensemble-size curves (`forecast.diagnostics.online_extremes`)."""
     from forecast.diagnostics.ensemble_size import ensemble_sizes, subset_ranks
     from forecast.diagnostics.mclimate import load_mclimate
     from forecast.diagnostics.online import EFIWeights, LeadVerification, MeanSkill, RankCounts, SpectraSums, TiledCRPS
