@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
-from forecast.diagnostics.scores import crps
+from forecast.diagnostics.scores import _reduce, crps
 
 
 def ensemble_sizes(members: int, smallest: int = 2) -> tuple[int, ...]:
@@ -99,12 +99,6 @@ def nested_subsets(ranks: np.ndarray, sizes: Sequence[int]) -> dict[int, np.ndar
     return {int(s): np.flatnonzero(np.asarray(ranks) < s) for s in sizes}
 
 
-def _area_mean(field: xr.DataArray, weights: xr.DataArray | None, dims: Sequence[str]) -> xr.DataArray:
-    if weights is None:
-        return field.mean(dims, skipna=True)
-    return field.weighted(weights.fillna(0)).mean(dims, skipna=True)
-
-
 def ensemble_size_curves(
     forecast: xr.DataArray,
     observation: xr.DataArray,
@@ -140,13 +134,13 @@ def ensemble_size_curves(
             outside = ((observation < lo) | (observation > hi)).where(valid)
             best = abs(x - observation).min(member_dim)
             out = {
-                "outlier_fraction": _area_mean(outside.astype(np.float64).where(valid), weights, dims),
-                "best_member_error": _area_mean(best.astype(np.float64), weights, dims),
+                "outlier_fraction": _reduce(outside.astype(np.float64).where(valid), weights, dims),
+                "best_member_error": _reduce(best.astype(np.float64), weights, dims),
                 **{f"crps_{e}": crps(x, observation, member_dim, e, weights=weights, dims=dims) for e in estimators},
             }
             if extreme_threshold is not None:
                 missed = observed & ~(hi > extreme_threshold)
-                out["missed_extreme_fraction"] = _area_mean(missed.astype(np.float64).where(valid), weights, dims)
+                out["missed_extreme_fraction"] = _reduce(missed.astype(np.float64).where(valid), weights, dims)
                 out["missed_extreme_count"] = missed.sum(dims)
             per_size.append(xr.Dataset({k: v.drop_attrs() for k, v in out.items()}))
         per_draw.append(xr.concat(per_size, dim="ensemble_size"))

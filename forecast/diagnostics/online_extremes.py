@@ -25,6 +25,7 @@ from forecast.diagnostics.tails import (
     ANOMALY_EDGES,
     EFI_EDGES,
     anomaly_distribution,
+    bin_centres,
     binned_event_weights,
     probability_edges,
 )
@@ -211,12 +212,11 @@ class TailScores:
         return out
 
     def fixed(self) -> Result:
-        centre = lambda edges: 0.5 * (edges[1:] + edges[:-1])  # noqa: E731
         out = {
-            "anomaly": (("anomaly",), centre(ANOMALY_EDGES), {"edges": ANOMALY_EDGES.tolist()}),
-            "efi_bin": (("efi_bin",), centre(EFI_EDGES), {"edges": EFI_EDGES.tolist()}),
+            "anomaly": (("anomaly",), bin_centres(ANOMALY_EDGES), {"edges": ANOMALY_EDGES.tolist()}),
+            "efi_bin": (("efi_bin",), bin_centres(EFI_EDGES), {"edges": EFI_EDGES.tolist()}),
         }
         if self.threshold is not None:
             edges = probability_edges(self.members)
-            out["probability"] = (("probability",), centre(edges), {"edges": edges.tolist()})
+            out["probability"] = (("probability",), bin_centres(edges), {"edges": edges.tolist()})
         return out

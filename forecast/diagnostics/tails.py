@@ -30,6 +30,11 @@ ANOMALY_EDGES = np.linspace(-8.125, 8.125, 66)  # standardised anomalies: centre
 EFI_EDGES = np.linspace(-1.05, 1.05, 22)  # centres -1, -0.9, ..., 1
 
 
+def bin_centres(edges: np.ndarray) -> np.ndarray:
+    """The centre of each bin between consecutive `edges`."""
+    return 0.5 * (edges[1:] + edges[:-1])
+
+
 def probability_edges(members: int) -> np.ndarray:
     """Bins of the exceedance probability k/m of m members, one per k = 0..m."""
     return (np.arange(members + 2) - 0.5) / members
@@ -82,7 +87,7 @@ def anomaly_distribution(
         hist, values, w, input_core_dims=[dims, dims], output_core_dims=[["bin"]],
         dask="parallelized", output_dtypes=[np.float64], dask_gufunc_kwargs={"output_sizes": {"bin": len(edges) - 1}},
     )  # fmt: skip
-    return out.assign_coords(bin=0.5 * (edges[1:] + edges[:-1])).assign_attrs(
+    return out.assign_coords(bin=bin_centres(edges)).assign_attrs(
         long_name="area-weighted distribution", edges=edges.tolist()
     )
 
@@ -194,7 +199,7 @@ def binned_event_weights(
         dask="parallelized", output_dtypes=[np.float64],
         dask_gufunc_kwargs={"output_sizes": {"kind": 2, "bin": nbins}},
     )  # fmt: skip
-    centres = 0.5 * (edges[1:] + edges[:-1])
+    centres = bin_centres(edges)
     return xr.Dataset(
         {
             "event_weight": both.isel(kind=0).assign_attrs(long_name="weight of event points per bin"),

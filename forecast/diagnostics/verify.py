@@ -53,6 +53,7 @@ from forecast.diagnostics.tails import (
     ANOMALY_EDGES,
     EFI_EDGES,
     anomaly_distribution,
+    bin_centres,
     binned_event_weights,
     exceedance_probability,
     probability_edges,
@@ -302,7 +303,7 @@ def diagnose(
             scores.coord("ensemble_size", np.asarray(ensemble_sizes(len(members))), {"nested": "by member rank"})
         centres = {"anomaly": ANOMALY_EDGES, "efi_bin": EFI_EDGES, "probability": probability_edges(len(members))}
         for name, edges in centres.items():
-            scores.coord(name, 0.5 * (edges[1:] + edges[:-1]), {"edges": edges.tolist()})
+            scores.coord(name, bin_centres(edges), {"edges": edges.tolist()})
         scores.group.attrs["members"] = int(len(members))
         scores.mark_scored(init, verified)
         summary[key] = len(verified)
