@@ -28,6 +28,7 @@ from forecast.diagnostics.tails import (
     roc_area,
     roc_area_from_bins,
     roc_curve,
+    roc_points,
     standardised_anomalies,
 )
 from forecast.ensemble.members import Layout
@@ -205,6 +206,12 @@ def test_binned_roc_area_pools_exactly_and_equals_the_direct_one_per_probability
     direct = float(roc_area(p, event.squeeze("channel"), w))
     assert 0.6 < direct < 1.0
     assert float(roc_area_from_bins(binned.event_weight, binned.other_weight)) == pytest.approx(direct, abs=1e-12)
+    # the curve from the bins (what roc_q99.png draws) is the direct curve, bins without scores aside
+    far_b, hr_b = roc_points(binned.event_weight.values, binned.other_weight.values)
+    far_d, hr_d = roc_curve(p.values, event.squeeze("channel").values, np.broadcast_to(w.values[:, None], p.shape))
+    kept = np.concatenate([[True], (binned.event_weight + binned.other_weight).values[::-1] > 0])
+    np.testing.assert_allclose(far_b[kept], far_d, atol=1e-12)
+    np.testing.assert_allclose(hr_b[kept], hr_d, atol=1e-12)
     # halves of the grid binned apart pool to the whole grid's bins, each weighing its area
     north = binned_event_weights(p.isel(lat=slice(10, None)), event.squeeze("channel").isel(lat=slice(10, None)),
                                  probability_edges(12), w.isel(lat=slice(10, None)))  # fmt: skip

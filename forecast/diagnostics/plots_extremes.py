@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from forecast.diagnostics.tails import roc_area_from_bins  # noqa: E402
+from forecast.diagnostics.tails import roc_area_from_bins, roc_points  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
@@ -83,13 +83,6 @@ def plot_tails(ds: xr.Dataset, channels: Sequence[str], path: Path, days: float 
     return _save(fig, path)
 
 
-def _curve(event: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(false-alarm rate, hit rate) from bins in increasing order of the score."""
-    hit = np.concatenate([[0.0], np.cumsum(event[::-1])]) / max(event.sum(), 1e-300)
-    far = np.concatenate([[0.0], np.cumsum(other[::-1])]) / max(other.sum(), 1e-300)
-    return far, hit
-
-
 def plot_roc(ds: xr.Dataset, channels: Sequence[str], path: Path, days: Sequence[float] = (1, 3, 5, 10)) -> Path:
     """ROC curves (top) and reliability diagrams (bottom) of P(> the M-climate's q99)."""
     fig, axes = plt.subplots(2, len(channels), figsize=(3.2 * len(channels), 6.2), squeeze=False)
@@ -102,7 +95,7 @@ def plot_roc(ds: xr.Dataset, channels: Sequence[str], path: Path, days: Sequence
             if e.sum() <= 0:
                 continue
             area = float(roc_area_from_bins(s.q99_event_weight, s.q99_other_weight, "probability"))
-            ax.plot(*_curve(e, n), "-", label=f"P(>q99) +{lead / 24:g} d: {area:.2f}")
+            ax.plot(*roc_points(e, n), "-", label=f"P(>q99) +{lead / 24:g} d: {area:.2f}")
             # ten probability bins for the diagram (the stored k/m bins are too fine to read)
             which = np.minimum((ds.probability.values * 10).astype(int), 9)
             e10, n10 = np.bincount(which, e, minlength=10), np.bincount(which, n, minlength=10)
@@ -114,7 +107,7 @@ def plot_roc(ds: xr.Dataset, channels: Sequence[str], path: Path, days: Sequence
             s = ds.sel(lead_time=lead, channel=c).sum("init_time")
             if s.efi_q99_event_weight.sum() > 0:
                 area = float(roc_area_from_bins(s.efi_q99_event_weight, s.efi_q99_other_weight, "efi_bin"))
-                ax.plot(*_curve(s.efi_q99_event_weight.values, s.efi_q99_other_weight.values), "k--",
+                ax.plot(*roc_points(s.efi_q99_event_weight.values, s.efi_q99_other_weight.values), "k--",
                         label=f"EFI +{lead / 24:g} d: {area:.2f}")  # fmt: skip
         ax.plot([0, 1], [0, 1], color="0.6", lw=0.8)
         rel.plot([0, 1], [0, 1], color="0.6", lw=0.8)

@@ -77,8 +77,7 @@ def anomaly_distribution(
         out = np.zeros((*v.shape[:-1], len(edges) - 1))
         for idx in np.ndindex(v.shape[:-1]):
             ok = ~np.isnan(v[idx])
-            which = np.clip(np.digitize(v[idx][ok], edges[1:-1]), 0, len(edges) - 2)
-            counts = np.bincount(which, wv[idx][ok], minlength=len(edges) - 1)
+            counts = np.bincount(_bin_index(v[idx][ok], edges), wv[idx][ok], minlength=len(edges) - 1)
             total = counts.sum()
             out[idx] = counts / total if total > 0 else np.nan
         return out
@@ -143,7 +142,7 @@ def roc_area(
 def roc_curve(
     probability: np.ndarray, event: np.ndarray, weights: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(false-alarm rate, hit rate) at every probability threshold, from (1, 1) down to (0, 0):
+    """(false-alarm rate, hit rate) at every probability threshold, from (0, 0) up to (1, 1):
     the points the trapezoid `roc_area` integrates."""
     p, o = np.asarray(probability, np.float64).ravel(), np.asarray(event, np.float64).ravel()
     w = (
@@ -154,11 +153,21 @@ def roc_curve(
     ok = ~(np.isnan(p) | np.isnan(o))
     p, o, w = p[ok], o[ok] > 0.5, w[ok]
     values, inverse = np.unique(p, return_inverse=True)
-    hit = np.bincount(inverse, w * o, minlength=len(values))[::-1].cumsum()
-    miss = np.bincount(inverse, w * ~o, minlength=len(values))[::-1].cumsum()
-    far = np.concatenate([[0.0], miss / max(miss[-1], 1e-300)])
-    hr = np.concatenate([[0.0], hit / max(hit[-1], 1e-300)])
-    return far, hr
+    n = len(values)
+    return roc_points(np.bincount(inverse, w * o, minlength=n), np.bincount(inverse, w * ~o, minlength=n))
+
+
+def roc_points(event_weight: np.ndarray, other_weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false-alarm rate, hit rate) of binned event and non-event weights (bins in increasing
+    order of the score), from (0, 0) at the highest threshold to (1, 1): one point per bin."""
+    hit = np.concatenate([[0.0], np.cumsum(np.asarray(event_weight, np.float64)[::-1])])
+    far = np.concatenate([[0.0], np.cumsum(np.asarray(other_weight, np.float64)[::-1])])
+    return far / max(far[-1], 1e-300), hit / max(hit[-1], 1e-300)
+
+
+def _bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The bin of each value on `edges`, values beyond them in the end bins."""
+    return np.clip(np.digitize(values, edges[1:-1]), 0, len(edges) - 2)
 
 
 def binned_event_weights(
@@ -184,7 +193,7 @@ def binned_event_weights(
         out = np.zeros((*shape, 2, nbins))
         for idx in np.ndindex(shape):
             ok = ~(np.isnan(v[idx]) | np.isnan(ov[idx]))
-            which = np.clip(np.digitize(v[idx][ok], edges[1:-1]), 0, nbins - 1)
+            which = _bin_index(v[idx][ok], edges)
             hit = ov[idx][ok] > 0.5
             total = wv[idx][ok].sum()
             if total <= 0:  # nothing to verify (no threshold, no analysis yet): NaN, not 0

@@ -28,6 +28,7 @@ caller's choice (`rescore=True` rescored init times already marked done).
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
@@ -108,9 +109,7 @@ def score_lead(
     lead_time, values, attributes)}."""
     space = ["lat", "lon"]
     out = {}
-
-    def put(name, da, dims):
-        out[name] = (dims, np.asarray(da.transpose(*dims).values), dict(da.attrs))
+    put = functools.partial(_put, out)
 
     fair = crps(members, truth, estimator="fair")
     put("crps_map", fair, ("channel", "lat", "lon"))
@@ -152,9 +151,7 @@ def extremes_scores(
     space = ["lat", "lon"]
     m = members.sizes["member"]
     out = {}
-
-    def put(name, da, dims):
-        out[name] = (dims, np.asarray(da.transpose(*dims).values), dict(da.attrs))
+    put = functools.partial(_put, out)
 
     tails = standardised_anomalies(members, truth)
     for name, da in tails.data_vars.items():
@@ -322,3 +319,8 @@ def _plain(attrs: dict) -> dict:
             v = v.item()
         out[k] = v
     return out
+
+
+def _put(out: dict, name: str, da: xr.DataArray, dims: tuple[str, ...]) -> None:
+    """One scores-store variable from a labelled array, in the store's dimension order."""
+    out[name] = (dims, np.asarray(da.transpose(*dims).values), dict(da.attrs))
