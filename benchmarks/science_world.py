@@ -377,7 +377,7 @@ def main() -> None:
     p.add_argument("--crps-config", default="train-stochastic.yaml", help="training config of (c), (d)")
     p.add_argument("--physics-matched", action="store_true", help="also (f2): physics at (d)'s initial spread")
     p.add_argument("--skip-physics", action="store_true", help="the ML table only (the physics takes longest)")
-    p.add_argument("--size-curves", action="store_true", help="also (d) at 132 members: ensemble-size curves")
+    p.add_argument("--size-curves", action="store_true", help="also (d) at many members: size curves")
     p.add_argument("--only-size-curves", action="store_true", help="add the curves to an existing --out JSON")
     p.add_argument("--size-perturbations", type=int, default=22,
                    help="bred vectors per checkpoint of the size-curve run: members = 2 x 3 x this")  # fmt: skip
