@@ -484,16 +484,6 @@ def size_curves(work: Path, archive: str, packages: list[str], perturbations: in
                 "outlier_fraction": big_d.subset_outlier_fraction.sel(channel=c).mean("init_time").values.tolist(),
                 "best_member_error": big_d.subset_best_member_error.sel(channel=c).mean("init_time").values.tolist(),
                 "crps_fair": float(big_d.crps.sel(channel=c).mean()),  # beside the table's (d) at 48
-                **{
-                    name: big_d[f"subset_{name}"].sel(channel=c).sum("init_time").values.tolist()
-                    for name in ("missed_extreme_count",)
-                    if f"subset_{name}" in big_d
-                },
-                **{
-                    name: big_d[f"subset_{name}"].sel(channel=c).mean("init_time").values.tolist()
-                    for name in ("missed_extreme_fraction",)
-                    if f"subset_{name}" in big_d
-                },
             }
             for c in CHANNELS
         }
