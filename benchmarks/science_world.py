@@ -28,8 +28,13 @@ With `--size-curves` (issue #14), (d) is run once more at 2 x 3 x `--size-pertur
 members (default 22: 132; the committed JSON used 43: 258 members, 34 minutes on 2 cores),
 statistics only, scored online, and the JSON gains its ensemble-size curves (outliers beside
 2/(m'+1) and the best member's error for m' = 2, 4, ..., 256, 258, from the engine's nested
-subsets) and its fair CRPS beside (d)'s at 48 members. No missed-extreme curve here: that needs
-an M-climate (hindcasts of the test dates' calendar days), which this benchmark does not build.
+subsets) and its fair CRPS beside (d)'s at 48 members. Before it, (d) is run as hindcasts
+(members stored, 24 a date) on the validation year's calendar days of the test dates, 7 days
+either side (2002-MM-08 and 2002-MM-22: 48 members a test date, all within the default 10-day
+window), and the M-climate of the twelve test dates is built from them: the missed-extreme
+curves (the verification above the M-climate's 99th percentile while no member of the subset
+is) then come online with the others. The M-climate is (d)'s own climate, from validation
+hindcasts only: the test year supplies none of it.
 `--only-size-curves` adds them to an existing JSON without redoing the table.
 
 Each step writes its result under --work and is skipped when it is there, so a rerun resumes.
@@ -62,6 +67,9 @@ PERIODS = {
 }
 VALID_INITS = [f"2002-{m:02d}-20T00" for m in (2, 5, 8, 11)]  # one a season: 2 cores bound the count
 TEST_INITS = [f"2003-{m:02d}-15T00" for m in range(1, 13)]
+MCLIMATE_INITS = [f"2002-{m:02d}-{d:02d}T00" for m in range(1, 13) for d in (8, 22)]  # (d)'s hindcasts
+MCLIMATE_PERTURBATIONS = 4  # 3 x 4 x 2 = 24 members an init, 48 a test date
+MCLIMATE_WINDOW_DAYS = 10  # the demo's: both hindcast dates, 7 days off, fall inside
 SEEDS = (0, 1, 2)
 PERTURBATIONS = 8
 CANDIDATES = (0.0, 0.15, 0.35, 0.7)
@@ -471,10 +479,14 @@ def size_curves(work: Path, archive: str, packages: list[str], perturbations: in
                        store_members=False)  # fmt: skip
     settings = apply_calibration(base, str(work / "calibration-crps.json"), packages)
     start = time.perf_counter()
+    mclimate = mclimate_for_test(work, archive, packages)
+    mclimate_s = time.perf_counter() - start
+    start = time.perf_counter()
     big = run_test(work, archive, packages, f"d{2 * len(packages) * perturbations}", settings)
     seconds = time.perf_counter() - start
     ds = open_forecast(big).sel(channel=list(CHANNELS))
     out: dict = {"members": int(ds.member_count.values.flat[0]), "run_s": round(seconds, 1),
+                 "mclimate": {**mclimate, "build_s": round(mclimate_s, 1)},
                  "ensemble_size": ds.ensemble_size.values.tolist(), "leads": {}}  # fmt: skip
     for d in DAYS:
         h = 24 * d
@@ -484,10 +496,39 @@ def size_curves(work: Path, archive: str, packages: list[str], perturbations: in
                 "outlier_fraction": big_d.subset_outlier_fraction.sel(channel=c).mean("init_time").values.tolist(),
                 "best_member_error": big_d.subset_best_member_error.sel(channel=c).mean("init_time").values.tolist(),
                 "crps_fair": float(big_d.crps.sel(channel=c).mean()),  # beside the table's (d) at 48
+                # pooled over init times: the fraction of points, and the events (points above
+                # the M-climate's q99) summed, with the number no member of the subset reached
+                "missed_extreme_fraction": big_d.subset_missed_extreme_fraction.sel(channel=c)
+                .mean("init_time")
+                .values.tolist(),
+                "missed_extreme_count": big_d.subset_missed_extreme_count.sel(channel=c)
+                .sum("init_time")
+                .values.tolist(),
+                "observed_extreme_count": float(big_d.observed_extreme_count.sel(channel=c).sum()),
             }
             for c in CHANNELS
         }
     return out
+
+
+def mclimate_for_test(work: Path, archive: str, packages: list[str]) -> dict:
+    """(d)'s hindcasts on the validation year (members stored) and the M-climate of every test
+    date from them, in the archive's side store; a date whose M-climate is there is kept."""
+    from forecast.calibration import apply_calibration
+    from forecast.diagnostics.mclimate import build_mclimate, load_mclimate
+    from forecast.ensemble.engine import RunSettings, run_ensemble
+
+    base = RunSettings(perturbations=MCLIMATE_PERTURBATIONS, lead_hours=max(LEADS), output_leads=LEADS)
+    settings = apply_calibration(base, str(work / "calibration-crps.json"), packages)
+    store = str(work / "hindcasts-d.zarr")
+    missing = [t for t in TEST_INITS if load_mclimate(archive, t) is None]
+    if missing:
+        for h in MCLIMATE_INITS:  # a complete init time is skipped by the engine
+            run_ensemble(archive, packages, h, store, settings, progress=False)
+    for t in missing:
+        build_mclimate(archive, [store], t, window_days=MCLIMATE_WINDOW_DAYS)
+    samples = {t: int(load_mclimate(archive, t).attrs["samples"]) for t in TEST_INITS}
+    return {"hindcast_inits": MCLIMATE_INITS, "samples": samples}
 
 
 def write_result(out: str, common: dict, scored: dict, timing: dict) -> None:

@@ -9,6 +9,7 @@ import xarray as xr
 
 from forecast.diagnostics import area_weights, ensemble_mean_rmse, rank_histogram, spread_skill_ratio
 from forecast.diagnostics.online import ArrayVerification, MeanSkill, RankCounts, SpectraSums
+from forecast.diagnostics.scores import RANK_BINS, normalised_rank_histogram
 from forecast.diagnostics.spectra import ensemble_spectra
 from forecast.ensemble.online import EnsembleMoments, check_reads, state_views
 
@@ -50,9 +51,12 @@ def test_online_rank_histogram_equals_the_offline_one():
     offline = rank_histogram(
         xr.DataArray(members, dims=dims), xr.DataArray(verification, dims=dims[1:]), dims=["lat", "lon"]
     )
-    online = result["rank_histogram"]
-    assert np.abs(online - offline.values).max() < 1e-10
-    assert online.sum() == 2 * 3 * 9 * 16 - 1  # every verified point once
+    online = result["rank_histogram"]  # stored on the normalised rank: the same map of the same counts
+    assert online.shape[-1] == RANK_BINS
+    assert np.abs(online - normalised_rank_histogram(offline).values).max() < 1e-10
+    assert online.sum() == pytest.approx(2 * 3 * 9 * 16 - 1, rel=1e-13)  # every verified point once
+    outliers = (offline.isel(rank=0) + offline.isel(rank=-1)) / offline.sum("rank")
+    np.testing.assert_allclose(result["outlier_fraction"], outliers.values, rtol=1e-13)  # from the exact ranks
     assert state.keys() == {"below", "ties", "members"}
     assert all(v.shape in ((), (2, 9, 16)) for v in state.values())  # one lead, never the members
 

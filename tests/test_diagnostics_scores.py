@@ -11,11 +11,13 @@ from forecast.diagnostics import (
     brier_score,
     crps,
     ensemble_mean_rmse,
+    normalised_rank_histogram,
     outlier_fraction,
     rank_histogram,
     reliability,
     spread_skill_ratio,
 )
+from forecast.diagnostics.scores import RANK_BINS
 
 
 def _ensemble(m=9, shape=(5, 6), seed=0, nan_members=True):
@@ -191,6 +193,33 @@ def test_rank_histogram_splits_ties_and_outliers_have_their_expectation():
     out = outlier_fraction(calibrated)
     assert float(out.outlier_expected) == pytest.approx(2 / (m + 1))
     assert float(out.outlier_fraction) == pytest.approx(2 / (m + 1), abs=0.01)
+
+
+def _piecewise_uniform_cdf(hist: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """The CDF at u of the distribution that spreads rank k's count uniformly over
+    [k, k+1)/(m+1): an independent form of the non-randomised PIT histogram."""
+    m1 = hist.shape[-1]
+    inside = np.clip(u[:, None] * m1 - np.arange(m1)[None, :], 0.0, 1.0)  # (u, rank)
+    return inside @ hist
+
+
+@pytest.mark.parametrize("m", [1, 8, 37, 99, 256, 7424])
+def test_the_stored_rank_histogram_is_the_pit_histogram_of_the_ranks(m):
+    rng = np.random.default_rng(m)
+    hist = rng.integers(0, 50, size=m + 1).astype(np.float64)
+    h = normalised_rank_histogram(xr.DataArray(hist, dims="rank"))
+    assert h.sizes["rank"] == RANK_BINS and h.attrs["members"] == m  # one layout for every m
+    np.testing.assert_allclose(h["rank"], (np.arange(RANK_BINS) + 0.5) / RANK_BINS)
+    edges = np.linspace(0.0, 1.0, RANK_BINS + 1)
+    np.testing.assert_allclose(h.values, np.diff(_piecewise_uniform_cdf(hist, edges)), rtol=1e-11, atol=1e-9)
+    assert float(h.sum()) == pytest.approx(hist.sum(), rel=1e-13)
+    flat = normalised_rank_histogram(xr.DataArray(np.full(m + 1, 3.0), dims="rank"))
+    np.testing.assert_allclose(flat.values, 3.0 * (m + 1) / RANK_BINS, rtol=1e-12)  # flat stays flat
+    if m + 1 <= RANK_BINS // 2:  # every rank covers a bin of its own: the exact counts come back
+        lo, hi = edges[:-1] * (m + 1), edges[1:] * (m + 1)  # bin edges in rank units
+        own = [np.flatnonzero((lo >= k - 1e-12) & (hi <= k + 1 + 1e-12))[0] for k in range(m + 1)]
+        back = h.values[own] * RANK_BINS / (m + 1)  # a whole bin holds (m+1)/bins of its rank's count
+        np.testing.assert_allclose(back, hist, rtol=1e-12)
 
 
 def test_fair_brier_score_is_unbiased_for_a_perfect_ensemble_and_reliability_bins():

@@ -74,6 +74,9 @@ def scored(world_archive, world_packages, tmp_path_factory):
         RunSettings(**SETTINGS, score=True, store_members=False),
         progress=False,
     )
+    fewer = str(root / "stats-8.zarr")  # the same, at 8 members instead of 12
+    fewer_settings = RunSettings(**{**SETTINGS, "perturbations": 2}, score=True, store_members=False)
+    run_ensemble(world_archive, world_packages, INIT, fewer, fewer_settings, progress=False)
     scores = str(root / "scores.zarr")
     summary = diagnose(members, world_archive, scores, progress=False)
     yield {
@@ -81,6 +84,7 @@ def scored(world_archive, world_packages, tmp_path_factory):
         "side": side,
         "members": members,
         "stats": stats_only,
+        "stats_8": fewer,
         "scores": scores,
         "summary": summary,
     }
@@ -131,7 +135,8 @@ def test_tails_and_q99_event_scores_are_consistent(scored):
     # follows from them alone: sum_k E_k (p_k - 1)^2 + N_k p_k^2 - (E_k + N_k) p_k (1 - p_k) / (m - 1)
     e, n = offline.q99_event_weight, offline.q99_other_weight
     np.testing.assert_allclose((e + n).sum("probability"), 1.0, rtol=1e-10)
-    pk = offline.probability
+    # m <= 100: each non-empty 1 % bin holds one k/m, the nearest to its centre
+    pk = np.round(offline.probability * m) / m
     brier = (e * (pk - 1) ** 2 + n * pk**2 - (e + n) * pk * (1 - pk) / (m - 1)).sum("probability")
     np.testing.assert_allclose(brier, offline.q99_brier_score, rtol=1e-9, atol=1e-12)
     assert float(e.sum()) > 0  # the world has events above its M-climate's 99th percentile
@@ -169,6 +174,34 @@ def test_a_statistics_only_run_scores_the_same_without_keeping_members(scored):
         np.testing.assert_allclose(stats[name][:], members[name][:], rtol=1e-12, err_msg=name)
     leftovers = [p.name for p in Path(scored["stats"]).parent.iterdir() if "scratch" in p.name]
     assert leftovers == []  # the CRPS scratch members are deleted once the scores are written
+
+
+def _array_shapes(path: str) -> dict[str, dict[str, int]]:
+    """{array path: {dim: size}} of every array of a store, its groups' too."""
+    out = {}
+    for name, array in zarr.open_group(path, mode="r").arrays():
+        out[name] = dict(zip(array.metadata.dimension_names, array.shape, strict=True))
+    for name, group in zarr.open_group(path, mode="r").groups():
+        for sub, array in group.arrays():
+            out[f"{name}/{sub}"] = dict(zip(array.metadata.dimension_names or (), array.shape, strict=False))
+    return out
+
+
+def test_a_statistics_only_store_has_the_same_layout_at_any_member_count(scored):
+    """No array of a statistics-only scored run grows with the member count (issue #14) but two
+    that count something of the members by construction: the ensemble-size curves, one entry
+    per nested size (2, 4, ..., m: log2 m of them), and the commit record of the online state,
+    one byte per block of members (what a resumed run skips)."""
+    many, few = _array_shapes(scored["stats"]), _array_shapes(scored["stats_8"])
+    assert many.keys() == few.keys()
+    assert {"rank_histogram", "q99_event_weight", "subset_outlier_fraction"} <= many.keys()
+    differ = {name: (few[name], many[name]) for name in many if many[name] != few[name]}
+    grown = {dim for a, b in differ.values() for dim in a if a[dim] != b[dim]}
+    assert grown == {"ensemble_size", "record"}, differ
+    assert many["rank_histogram"]["rank"] == few["rank_histogram"]["rank"] == 100
+    assert many["online_commit"]["record"] - few["online_commit"]["record"] == 2  # 6 blocks of 2 against 4
+    sizes = [zarr.open_group(scored[k], mode="r")["ensemble_size"][:].tolist() for k in ("stats", "stats_8")]
+    assert sizes == [[2, 4, 8, 12], [2, 4, 8]]
 
 
 def test_offline_scores_are_the_public_functions_on_the_stored_members(scored, world_archive):
@@ -229,3 +262,17 @@ def test_a_diagnose_killed_mid_chunk_write_rescores_and_leaves_nothing_stray(sco
     for name in [*ONLINE_EQUALS_OFFLINE, "crps_ensemble"]:
         np.testing.assert_array_equal(again[name].values, reference[name].values, err_msg=name)
     assert [p for p in out.rglob("*") if ".partial" in p.name] == []
+
+
+def test_a_scores_store_of_another_layout_is_refused_with_its_name_and_left_as_it_was(tmp_path):
+    from forecast.diagnostics.scores_store import ScoresStore
+
+    path = str(tmp_path / "old-layout.zarr")
+    args = (np.array(["2001-01-01T00"], "datetime64[h]"), [0, 6], ["z500"], np.zeros(2), np.zeros(3), {"s": 1})
+    store = ScoresStore.open_or_create(path, *args)
+    store.write("rank_histogram", 0, 0, ("channel", "rank"), np.ones((1, 9)), {})  # m + 1 bins of 8 members
+    again = ScoresStore.open_or_create(path, *args)
+    with pytest.raises(ValueError, match=r"old-layout\.zarr: array 'rank_histogram' holds \(1, 9\)"):
+        again.write("rank_histogram", 0, 1, ("channel", "rank"), np.ones((1, 100)), {})
+    kept = zarr.open_group(path, mode="r")["rank_histogram"][:]
+    assert kept.shape == (1, 2, 1, 9) and (kept[0, 0] == 1).all() and np.isnan(kept[0, 1]).all()

@@ -6,8 +6,8 @@ scored (`LeadVerification`), never for all leads at once. What a state holds doe
 with the member count:
 
 - `RankCounts`: per point, how many members fell below the verification and how many tied
-  with it; the rank histogram (ties split evenly, as `rank_histogram`) and the outlier
-  fraction follow exactly.
+  with it; the rank histogram (ties split evenly, as `rank_histogram`, stored on the
+  normalised rank as `normalised_rank_histogram`) and the outlier fraction follow exactly.
 - `MeanSkill`: no state of its own; it reads the run's `EnsembleMoments` (count, mean and
   M2 per point, float64, Chan's pairwise update), and the ensemble-mean RMSE and the
   spread-skill ratio follow with area weights, equal to the offline functions on the same
@@ -38,7 +38,13 @@ import xarray as xr
 import zarr
 
 from forecast.diagnostics.extremes import interval_integrals
-from forecast.diagnostics.scores import _crps_sorted, _rank_sums
+from forecast.diagnostics.scores import (
+    RANK_BINS,
+    RANK_COORD_ATTRS,
+    _crps_sorted,
+    _rank_sums,
+    normalised_rank_histogram,
+)
 from forecast.diagnostics.spectra import _power, _transform, default_lmax
 from forecast.ensemble.online import EnsembleMoments, Result
 
@@ -119,10 +125,14 @@ class RankCounts:
         m = hist.shape[-1] - 1
         with np.errstate(invalid="ignore"):  # a lead with no verification at all: NaN
             outliers = (hist[..., 0] + hist[..., -1]) / hist.sum(-1)
+        normalised = normalised_rank_histogram(xr.DataArray(hist, dims=("channel", "rank"))).values
         return {
-            "rank_histogram": (("channel", "rank"), hist, {"ties": "split evenly", "bins": m + 1}),
+            "rank_histogram": (("channel", "rank"), normalised, {"ties": "split", "members": m, "bins": RANK_BINS}),
             "outlier_fraction": (("channel",), outliers, {"expected": 2.0 / (m + 1)}),
         }
+
+    def fixed(self) -> Result:
+        return {"rank": (("rank",), (np.arange(RANK_BINS) + 0.5) / RANK_BINS, dict(RANK_COORD_ATTRS))}
 
 
 def _area_mean(field: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -24,10 +24,10 @@ from forecast.diagnostics.online import EFIWeights, LeadVerification, _area_mean
 from forecast.diagnostics.tails import (
     ANOMALY_EDGES,
     EFI_EDGES,
+    PROBABILITY_EDGES,
     anomaly_distribution,
     bin_centres,
     binned_event_weights,
-    probability_edges,
 )
 from forecast.ensemble.online import EnsembleMoments, Result
 
@@ -154,11 +154,10 @@ class TailScores:
         self,
         truth: LeadVerification,
         area_weights: np.ndarray,
-        members: int,
         threshold=None,
         efi: EFIWeights | None = None,
     ):
-        self.truth, self.members, self.threshold, self.efi = truth, int(members), threshold, efi
+        self.truth, self.threshold, self.efi = truth, threshold, efi
         self.weights = np.asarray(area_weights, np.float64)
         self.reads = (EnsembleMoments.name, *((EFIWeights.name,) if efi is not None else ()))
 
@@ -198,7 +197,7 @@ class TailScores:
         has_q = ~np.isnan(q)
         event = np.where(~np.isnan(y) & has_q, (y.astype(np.float32) > q).astype(np.float64), np.nan)
         p = np.where(has_q, state["above_threshold"].numpy() / m, np.nan)
-        binned = binned_event_weights(self._fields(p), self._fields(event), probability_edges(int(m)), w)
+        binned = binned_event_weights(self._fields(p), self._fields(event), PROBABILITY_EDGES, w)
         for name, da in binned.data_vars.items():
             out[f"q99_{name}"] = (("channel", "probability"), da.values, {})
         brier = np.where(np.isnan(event), np.nan, (p - event) ** 2 - p * (1 - p) / (m - 1))
@@ -217,6 +216,6 @@ class TailScores:
             "efi_bin": (("efi_bin",), bin_centres(EFI_EDGES), {"edges": EFI_EDGES.tolist()}),
         }
         if self.threshold is not None:
-            edges = probability_edges(self.members)
-            out["probability"] = (("probability",), bin_centres(edges), {"edges": edges.tolist()})
+            edges = {"edges": PROBABILITY_EDGES.tolist()}
+            out["probability"] = (("probability",), bin_centres(PROBABILITY_EDGES), edges)
         return out

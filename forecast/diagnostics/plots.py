@@ -84,12 +84,18 @@ def plot_rank_histograms(ds: xr.Dataset, channels: Sequence[str], path: Path) ->
     fig, axes = plt.subplots(len(pick), len(channels), figsize=(3 * len(channels), 2.4 * len(pick)), squeeze=False)
     for i, h in enumerate(pick):
         for j, c in enumerate(channels):
-            hist = ds.rank_histogram.sel(channel=c, lead_time=h).sum("init_time").values
-            frac = hist / hist.sum()
-            axes[i, j].bar(np.arange(len(frac)), frac, width=1.0, color="tab:blue")
-            axes[i, j].axhline(1.0 / len(frac), color="k", lw=0.8)  # calibrated: flat
-            out = ds.outlier_fraction.sel(channel=c, lead_time=h).mean().item()
-            axes[i, j].set_title(f"{c} {h / 24:g} d, outliers {out:.2f} (exp. {2 / len(frac):.2f})", fontsize=8)
+            hist = ds.rank_histogram.sel(channel=c, lead_time=h).sum("init_time")
+            density = hist.values / hist.values.sum() * hist.sizes["rank"]  # 1 where calibrated
+            axes[i, j].bar(hist["rank"].values, density, width=1.0 / hist.sizes["rank"], color="tab:blue")
+            axes[i, j].axhline(1.0, color="k", lw=0.8)  # calibrated: flat
+            out = ds.outlier_fraction.sel(channel=c, lead_time=h)
+            expected = out.attrs.get("expected")  # 2/(m+1), written with it online and offline
+            label = f" (exp. {expected:.2f})" if expected is not None else ""
+            axes[i, j].set_title(f"{c} {h / 24:g} d, outliers {out.mean().item():.2f}{label}", fontsize=8)
+            axes[i, j].set_xlim(0, 1)
+        axes[i, 0].set_ylabel("density")
+    for ax in axes[-1]:
+        ax.set_xlabel("normalised rank of the verification")
     return _save(fig, path)
 
 

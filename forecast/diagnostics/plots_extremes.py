@@ -96,7 +96,7 @@ def plot_roc(ds: xr.Dataset, channels: Sequence[str], path: Path, days: Sequence
                 continue
             area = float(roc_area_from_bins(s.q99_event_weight, s.q99_other_weight, "probability"))
             ax.plot(*roc_points(e, n), "-", label=f"P(>q99) +{lead / 24:g} d: {area:.2f}")
-            # ten probability bins for the diagram (the stored k/m bins are too fine to read)
+            # ten probability bins for the diagram (the stored 1 % bins are too fine to read)
             which = np.minimum((ds.probability.values * 10).astype(int), 9)
             e10, n10 = np.bincount(which, e, minlength=10), np.bincount(which, n, minlength=10)
             p10 = np.bincount(which, ds.probability.values * (e + n), minlength=10)

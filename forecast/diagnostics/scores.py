@@ -291,6 +291,40 @@ def rank_histogram(
     )
 
 
+RANK_BINS = 100  # the stored rank histogram's bins of the normalised rank (1 % each)
+RANK_COORD_ATTRS = {"long_name": "normalised rank of the verification (bin centre)", "bins": RANK_BINS}
+
+
+def rank_bin_shares(m: int, bins: int = RANK_BINS) -> np.ndarray:
+    """(m + 1, bins): the share of rank k (the interval [k, k+1)/(m+1) of the normalised rank)
+    that falls in bin j ([j, j+1)/bins). Each row sums to 1, each column to (m+1)/bins."""
+    a = np.arange(m + 2) / (m + 1)
+    b = np.arange(bins + 1) / bins
+    overlap = np.minimum(a[1:, None], b[None, 1:]) - np.maximum(a[:-1, None], b[None, :-1])
+    return np.clip(overlap, 0.0, None) * (m + 1)
+
+
+def normalised_rank_histogram(hist: xr.DataArray, bins: int = RANK_BINS) -> xr.DataArray:
+    """The rank histogram of m members (dim `rank`, m + 1 counts) on `bins` equal bins of the
+    normalised rank u in [0, 1]: rank k stands for u in [k, k+1)/(m+1), and its count is shared
+    among the bins it overlaps in proportion to the overlap (the non-randomised PIT histogram of
+    Czado, Gneiting & Held 2009, Biometrics 65). The total is kept, a flat histogram stays
+    exactly flat (each bin then holds total/bins), and the size no longer depends on m: the
+    scores stores of 50 and of 7,424 members have the same layout and pool along init_time. The
+    exact counts stay recoverable where m + 1 <= bins/2 (every rank then covers a whole bin of
+    its own); the outlier fraction is kept exactly beside it (`outlier_fraction`, from the m + 1
+    counts). Dim `rank`, coordinate the bins' centres."""
+    m = hist.sizes["rank"] - 1
+    shares = xr.DataArray(rank_bin_shares(m, bins), dims=("rank", "rank_bin"))
+    out = xr.dot(hist.drop_vars("rank", errors="ignore"), shares, dim="rank").rename(rank_bin="rank")
+    return out.assign_coords(rank=(np.arange(bins) + 0.5) / bins).assign_attrs(
+        long_name="rank histogram on the normalised rank (non-randomised PIT)",
+        ties="split evenly over the tied ranks",
+        members=m,
+        bins=bins,
+    )
+
+
 def outlier_fraction(hist: xr.DataArray) -> xr.Dataset:
     """The fraction of observations outside the ensemble (first + last rank bins), beside the
     calibrated expectation 2/(m+1)."""

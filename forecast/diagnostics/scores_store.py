@@ -135,6 +135,12 @@ class ScoresStore:
                 dimension_names=["init_time", "lead_time", *dims],
                 attributes=attrs,
             )
+        if self.group[name].shape[2:] != values.shape:
+            raise ValueError(
+                f"{self.location}: array {name!r} holds {self.group[name].shape[2:]} per (init, lead), these "
+                f"scores are {values.shape}: the store was written by another layout (e.g. the rank "
+                "histogram's m + 1 bins before its fixed 100); score into a new store"
+            )
         self.group[name][init_index, lead_index] = values
 
     def remove_stray_temp_files(self, init_index: int) -> list[str]:

@@ -40,6 +40,13 @@ def probability_edges(members: int) -> np.ndarray:
     return (np.arange(members + 2) - 0.5) / members
 
 
+PROBABILITY_BINS = 100
+# What the scores stores keep: bins centred on 0, 1, ..., 100 %, so a store's layout does not
+# depend on its member count. For m <= 100 members each k/m has a bin of its own (the ROC area
+# from the bins is the exact one); above, the ROC is the one at 1 % thresholds.
+PROBABILITY_EDGES = probability_edges(PROBABILITY_BINS)
+
+
 def standardised_anomalies(forecast: xr.DataArray, observation: xr.DataArray, member_dim: str = "member") -> xr.Dataset:
     """z_y = (y − x̄)/s and z_max = max_i |x_i − x̄|/s per point (NaN where s = 0 or y is NaN),
     in float64 whatever the members' dtype."""

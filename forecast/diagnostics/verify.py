@@ -9,7 +9,9 @@ the verification (read lead by lead too), and the scores are computed with the p
   `crps_map` per grid point;
 - `ensemble_mean_rmse`, `spread_skill_ratio`, and their area-mean parts `ensemble_mean_mse`
   and `ensemble_variance`, so ratios over many init times are exact (means before roots);
-- `rank_histogram` (ties split), `outlier_fraction` with `outlier_expected` = 2/(m+1);
+- `rank_histogram` (ties split) on `RANK_BINS` bins of the normalised rank
+  (`normalised_rank_histogram`), `outlier_fraction` (from the m + 1 exact counts) with
+  `outlier_expected` = 2/(m+1); like every other variable its size does not depend on m;
 - the HENS spectra: `member_mean_spectrum`, `ensemble_mean_spectrum`,
   `perturbation_spectrum`, `verification_spectrum`;
 - with an M-climate for the init's calendar day in the archive's side store: `efi` and
@@ -40,10 +42,13 @@ from forecast.diagnostics.ensemble_size import ensemble_size_curves, ensemble_si
 from forecast.diagnostics.extremes import efi, sot
 from forecast.diagnostics.mclimate import load_mclimate
 from forecast.diagnostics.scores import (
+    RANK_BINS,
+    RANK_COORD_ATTRS,
     area_weights,
     brier_score,
     crps,
     ensemble_mean_rmse,
+    normalised_rank_histogram,
     outlier_fraction,
     rank_histogram,
     spread_skill_ratio,
@@ -53,11 +58,11 @@ from forecast.diagnostics.spectra import default_lmax, ensemble_spectra
 from forecast.diagnostics.tails import (
     ANOMALY_EDGES,
     EFI_EDGES,
+    PROBABILITY_EDGES,
     anomaly_distribution,
     bin_centres,
     binned_event_weights,
     exceedance_probability,
-    probability_edges,
     standardised_anomalies,
 )
 from forecast.ensemble.store import ForecastStore
@@ -120,8 +125,8 @@ def score_lead(
     put("spread_skill_ratio", spread_skill_ratio(members, truth, weights=weights, dims=space), ("channel",))
     for name, da in _mean_square_parts(members, truth, weights).items():
         put(name, da, ("channel",))
-    hist = rank_histogram(members, truth, dims=space)
-    put("rank_histogram", hist, ("channel", "rank"))
+    hist = rank_histogram(members, truth, dims=space)  # m + 1 counts: the outliers from these
+    put("rank_histogram", normalised_rank_histogram(hist), ("channel", "rank"))
     outliers = outlier_fraction(hist)
     m = members.sizes["member"]
     put("outlier_fraction", outliers["outlier_fraction"].assign_attrs(expected=2.0 / (m + 1)), ("channel",))
@@ -161,7 +166,7 @@ def extremes_scores(
     if q99 is not None:
         event = (truth > q99).where(truth.notnull() & q99.notnull())
         p = exceedance_probability(members, q99)
-        binned = binned_event_weights(p, event, probability_edges(m), weights, space).rename(bin="probability")
+        binned = binned_event_weights(p, event, PROBABILITY_EDGES, weights, space).rename(bin="probability")
         for name, da in binned.data_vars.items():
             put(f"q99_{name}", da, ("channel", "probability"))
         put("q99_brier_score", brier_score(members, truth, q99, weights=weights, dims=space), ("channel",))
@@ -294,11 +299,11 @@ def diagnose(
                 verified.add(int(leads[k]))
             for name, (dims, values, attrs) in score_lead(xa, ya, weights, clim, lmax, subset_seed, extremes).items():
                 scores.write(name, j, k, dims, values, _plain(attrs))
-        scores.coord("rank", np.arange(len(members) + 1), {"long_name": "rank of the verification"})
+        scores.coord("rank", (np.arange(RANK_BINS) + 0.5) / RANK_BINS, RANK_COORD_ATTRS)
         scores.coord("l", np.arange(lmax), {"long_name": "total wavenumber"})
         if len(members) >= 4:
             scores.coord("ensemble_size", np.asarray(ensemble_sizes(len(members))), {"nested": "by member rank"})
-        centres = {"anomaly": ANOMALY_EDGES, "efi_bin": EFI_EDGES, "probability": probability_edges(len(members))}
+        centres = {"anomaly": ANOMALY_EDGES, "efi_bin": EFI_EDGES, "probability": PROBABILITY_EDGES}
         for name, edges in centres.items():
             scores.coord(name, bin_centres(edges), {"edges": edges.tolist()})
         scores.group.attrs["members"] = int(len(members))

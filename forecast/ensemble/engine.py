@@ -474,7 +474,7 @@ def online_scores(plan: Plan, channels: list[str], store_location: str) -> list[
         return cache[k]
 
     threshold = q99 if clim is not None else None
-    accs.append(TailScores(truth, weights, plan.layout.size, threshold, efi))
+    accs.append(TailScores(truth, weights, threshold, efi))
     if plan.layout.size >= 4:  # ensemble-size curves need two sizes at least
         coords = plan.layout.coords()
         # one draw of nested subsets, fixed by the run's base seed (offline curves may average more)

@@ -262,7 +262,9 @@ class OnlineState:
                 self._create_results(results, fixed)
         group = zarr.open_group(self.store.location, mode="r+")
         for name, (_, values, _) in results.items():
-            group[name][self.init_index, lead_index] = np.asarray(values)
+            values = np.asarray(values)
+            _check_layout(self.store.location, name, group[name].shape[2:], values.shape)
+            group[name][self.init_index, lead_index] = values
 
     def _create_results(self, results: dict, fixed: dict) -> None:
         group = zarr.open_group(self.store.location, mode="r+")
@@ -291,3 +293,13 @@ class OnlineState:
             arr = group[name]
             if arr.shape[0] < n_init:
                 arr.resize((n_init, *arr.shape[1:]))
+
+
+def _check_layout(location: str, name: str, stored: tuple[int, ...], new: tuple[int, ...]) -> None:
+    """Refuse to write a result whose shape is not its array's: a store written by an earlier
+    layout (e.g. the rank histogram's m + 1 bins before the fixed 100 of the normalised rank)."""
+    if tuple(stored) != tuple(new):
+        raise ValueError(
+            f"{location}: array {name!r} holds (init_time, lead_time, *{tuple(stored)}) per init time, this run "
+            f"gives {tuple(new)}: the store was written by another layout; write this run to a new store"
+        )
