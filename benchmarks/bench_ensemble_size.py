@@ -5,8 +5,10 @@ On the demo's archive and packages (`make demo` first; its forecast init time ha
 1. statistics-only scored hindcasts (`store_members=False, score=True`) of 32 and 256 members
    from the demo's forecast init time, 5 days: the ensemble-size curves come out online
    (outliers beside 2/(m'+1), best-member error, missed 99th-percentile extremes), and the
-   stores' sizes are compared (the contract: no array grows with the member count but the
-   rank histogram's and the q99 probability bins' m + 1 entries per channel and lead);
+   stores' sizes are compared (the contract: every array has the same shape at any member
+   count but the ensemble-size curves, one entry per size 2, 4, ..., m, and the online commit
+   record, one byte per block of members; the result arrays are uncompressed, so the bytes
+   are exact, not the luck of a compressor);
 2. `forecast diagnose` of a 128-member store with members, timed with the new scores
    (`extremes=True`: tails, q99 events, ensemble-size curves) and without them, in the same
    run: the issue asks for at most 2 x.
@@ -88,6 +90,7 @@ def main() -> None:
         print(f"{m} members, statistics only: {seconds:.0f} s, store {stats[m]['store_bytes'] / 1e6:.2f} MB")
     result["statistics_only"] = stats
     result["store_size_ratio_256_over_32"] = stats[256]["store_bytes"] / stats[32]["store_bytes"]
+    result["store_bytes_256_minus_32"] = stats[256]["store_bytes"] - stats[32]["store_bytes"]
 
     members = work / "members-128.zarr"
     result["members_128_run_s"] = round(hindcast(archive, packages, init, members, 128, store_members=True), 1)
