@@ -125,9 +125,9 @@ class RankCounts:
         m = hist.shape[-1] - 1
         with np.errstate(invalid="ignore"):  # a lead with no verification at all: NaN
             outliers = (hist[..., 0] + hist[..., -1]) / hist.sum(-1)
-        normalised = normalised_rank_histogram(xr.DataArray(hist, dims=("channel", "rank"))).values
+        normalised = normalised_rank_histogram(xr.DataArray(hist, dims=("channel", "rank")))
         return {
-            "rank_histogram": (("channel", "rank"), normalised, {"ties": "split", "members": m, "bins": RANK_BINS}),
+            "rank_histogram": (("channel", "rank"), normalised.values, dict(normalised.attrs)),
             "outlier_fraction": (("channel",), outliers, {"expected": 2.0 / (m + 1)}),
         }
 
