@@ -122,7 +122,7 @@ def test_cli_train_writes_a_loadable_package(small_archive, tmp_path, capsys):
     assert "trained" in capsys.readouterr().out
     _, cfg = load_package(tmp_path / "p", time_step_hours=6)
     assert cfg["seed"] == 3 and cfg["architecture"]["embed_dim"] == 8
-    config.write_text("finetune_rollout_steps: 9\n")
+    config.write_text("finetune_rollout_steps: 17\n")
     assert (
         main(
             [
@@ -140,7 +140,7 @@ def test_cli_train_writes_a_loadable_package(small_archive, tmp_path, capsys):
         )
         == 2
     )
-    assert "finetune_rollout_steps must be 2..8" in capsys.readouterr().err
+    assert "finetune_rollout_steps must be 2..16" in capsys.readouterr().err
 
 
 def test_killed_training_process_resumes_to_the_same_weights(small_archive, tmp_path):

@@ -79,8 +79,8 @@ class TrainConfig:
             raise ValueError(f"ensemble_members must be 2..16 for the CRPS, got {self.ensemble_members}")
         if not 0.0 <= self.crps_alpha <= 1.0:
             raise ValueError(f"crps_alpha must be in [0, 1], got {self.crps_alpha}")
-        if not 2 <= self.finetune_rollout_steps <= 8 and self.finetune_epochs:
-            raise ValueError(f"finetune_rollout_steps must be 2..8, got {self.finetune_rollout_steps}")
+        if not 2 <= self.finetune_rollout_steps <= 16 and self.finetune_epochs:
+            raise ValueError(f"finetune_rollout_steps must be 2..16, got {self.finetune_rollout_steps}")
         if not 0 <= self.input_noise < 5:
             raise ValueError(
                 f"input_noise is in units of the one-step difference std: 0 <= it < 5, got {self.input_noise}"
