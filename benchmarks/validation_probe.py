@@ -1,0 +1,80 @@
+"""A training variant of the stochastic CRPS checkpoint, scored on the science world's
+validation year (issue #13, the README's "Tried since" table): nothing here looks at the test
+year.
+
+Trains one checkpoint (seed 0 by default) on 2000-2001 with `configs/train-stochastic.yaml`
+and the overrides given, runs it from the 4 validation init times of `science_world.py`
+(16 members of model noise only, no bred vectors: what the training alone gives), and prints
+the area-mean fair CRPS and the spread-skill ratio per channel at days 1, 3, 5, 10, 15, and the
+training time. A package already trained under --work is reused.
+
+    python benchmarks/validation_probe.py --archive ARCHIVE --work DIR --name roll16 \
+        --set finetune_rollout_steps=16 [--set ensemble_members=4 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+LEADS = (24, 72, 120, 240, 360)
+CHANNELS = ("z500", "t850", "t2m", "u10m")
+
+
+def main() -> None:
+    from science_world import PERIODS, VALID_INITS
+
+    from forecast.calibration import _sweep_scores
+    from forecast.config import load
+    from forecast.ensemble.engine import RunSettings, run_ensemble
+    from forecast.training.loop import TrainConfig, train
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--archive", required=True, help="the science world's archive (science_world.py builds it)")
+    p.add_argument("--work", required=True)
+    p.add_argument("--name", required=True, help="the variant's name: its package and store under --work")
+    p.add_argument("--config", default="train-stochastic.yaml")
+    p.add_argument("--set", action="append", default=[], help="KEY=VALUE (JSON value) over the config")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+    (lo, hi), (vlo, vhi) = PERIODS["train"], PERIODS["valid"]
+    cfg = dataclasses.replace(
+        load(TrainConfig, args.config), train_start=lo, train_end=hi, valid_start=vlo, valid_end=vhi, **overrides
+    )
+    work = Path(args.work)
+    package = work / f"pk-{args.name}"
+    seconds = None
+    if not (package / "config.json").exists():
+        start = time.perf_counter()
+        train(args.archive, package, seed=args.seed, cfg=cfg, device="cpu")
+        seconds = round(time.perf_counter() - start, 1)
+    settings = RunSettings(
+        perturbations=8, perturbation="none", lead_hours=max(LEADS), output_leads=LEADS, score=True, store_members=False
+    )
+    store = str(work / f"val-{args.name}.zarr")
+    for t in VALID_INITS:
+        run_ensemble(args.archive, [str(package)], t, store, settings, progress=False)
+    scores = _sweep_scores(store, list(CHANNELS), list(LEADS))
+    result = {
+        "name": args.name,
+        "overrides": overrides,
+        "train_s": seconds,
+        "days": [h // 24 for h in LEADS],
+        **{
+            c: {k: np.nanmean(scores[c][k], 0).round(3).tolist() for k in ("crps", "ssr")}  # mean over inits
+            for c in CHANNELS
+        },
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
