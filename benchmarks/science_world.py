@@ -521,12 +521,19 @@ def mclimate_for_test(work: Path, archive: str, packages: list[str]) -> dict:
     base = RunSettings(perturbations=MCLIMATE_PERTURBATIONS, lead_hours=max(LEADS), output_leads=LEADS)
     settings = apply_calibration(base, str(work / "calibration-crps.json"), packages)
     store = str(work / "hindcasts-d.zarr")
-    missing = [t for t in TEST_INITS if load_mclimate(archive, t) is None]
+    # the side store belongs to the archive, which other work directories (other checkpoints)
+    # share: its M-climate counts only if the last build, recorded beside the archive, was
+    # from these packages' hindcasts
+    marker = Path(archive).with_name(Path(archive).name + ".science-mclimate.json")
+    made_for = {"packages": [str(p) for p in packages], "hindcasts": store}
+    ours = marker.exists() and json.loads(marker.read_text()) == made_for
+    missing = [t for t in TEST_INITS if not ours or load_mclimate(archive, t) is None]
     if missing:
         for h in MCLIMATE_INITS:  # a complete init time is skipped by the engine
             run_ensemble(archive, packages, h, store, settings, progress=False)
     for t in missing:
         build_mclimate(archive, [store], t, window_days=MCLIMATE_WINDOW_DAYS)
+    marker.write_text(json.dumps(made_for))
     samples = {t: int(load_mclimate(archive, t).attrs["samples"]) for t in TEST_INITS}
     return {"hindcast_inits": MCLIMATE_INITS, "samples": samples}
 
