@@ -37,6 +37,7 @@ def store_bytes(path: Path) -> int:
 
 
 def hindcast(archive: str, packages: list[str], init: str, out: Path, members: int, store_members: bool) -> float:
+    from forecast.diagnostics.online_scores import hindcast_scores
     from forecast.ensemble.engine import RunSettings, run_ensemble
 
     settings = RunSettings(
@@ -48,7 +49,7 @@ def hindcast(archive: str, packages: list[str], init: str, out: Path, members: i
         store_members=store_members,
     )
     start = time.perf_counter()
-    run_ensemble(archive, packages, init, str(out), settings, progress=False)
+    run_ensemble(archive, packages, init, str(out), settings, progress=False, scores=hindcast_scores)
     return time.perf_counter() - start
 
 

@@ -110,6 +110,7 @@ def calibration_for(work: Path, archive: str, packages: list[str], kind: str) ->
 
 def inflation_factors(work: Path, archive: str, packages: list[str]) -> np.ndarray:
     """(lead, channel) c(τ) = 1 / the validation spread-skill ratio of (a)."""
+    from forecast.diagnostics.online_scores import hindcast_scores
     from forecast.ensemble.engine import RunSettings, run_ensemble
     from forecast.ensemble.store import open_forecast
 
@@ -118,7 +119,7 @@ def inflation_factors(work: Path, archive: str, packages: list[str]) -> np.ndarr
         perturbations=PERTURBATIONS, lead_hours=max(LEADS), output_leads=LEADS, score=True, store_members=False
     )
     for t in VALID_INITS:
-        run_ensemble(archive, packages, t, str(store), settings, progress=False)
+        run_ensemble(archive, packages, t, str(store), settings, progress=False, scores=hindcast_scores)
     ds = open_forecast(str(store))
     m = len(packages) * 2 * PERTURBATIONS
     mse = (ds.ensemble_mean_rmse**2).mean("init_time")
@@ -130,11 +131,12 @@ def inflation_factors(work: Path, archive: str, packages: list[str]) -> np.ndarr
 
 
 def run_test(work: Path, archive: str, packages: list[str], name: str, settings) -> str:
+    from forecast.diagnostics.online_scores import hindcast_scores
     from forecast.ensemble.engine import run_ensemble
 
     store = work / f"test-{name}.zarr"
     for t in TEST_INITS:
-        run_ensemble(archive, packages, t, str(store), settings, progress=False)
+        run_ensemble(archive, packages, t, str(store), settings, progress=False, scores=hindcast_scores)
     return str(store)
 
 

@@ -32,6 +32,7 @@ def main() -> None:
 
     from forecast.calibration import _sweep_scores
     from forecast.config import load
+    from forecast.diagnostics.online_scores import hindcast_scores
     from forecast.ensemble.engine import RunSettings, run_ensemble
     from forecast.training.loop import TrainConfig, train
 
@@ -61,7 +62,7 @@ def main() -> None:
     )
     store = str(work / f"val-{args.name}.zarr")
     for t in VALID_INITS:
-        run_ensemble(args.archive, [str(package)], t, store, settings, progress=False)
+        run_ensemble(args.archive, [str(package)], t, store, settings, progress=False, scores=hindcast_scores)
     scores = _sweep_scores(store, list(CHANNELS), list(LEADS))
     result = {
         "name": args.name,

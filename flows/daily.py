@@ -27,6 +27,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.diagnose import score
 from forecast.archive import Archive
 from forecast.calibration import apply_calibration
+from forecast.diagnostics.online_scores import hindcast_scores
 from forecast.ensemble.engine import RunSettings, run_ensemble
 from forecast.locks import exclusive
 from forecast.report import write_report
@@ -83,7 +84,8 @@ def run_members(
     archive: str, packages: list[str], init_time: str, store: str, settings: dict, progress: bool = False
 ) -> dict:
     # A retry resumes: blocks already complete in the store are not rerun.
-    return run_ensemble(archive, packages, init_time, store, RunSettings.from_dict(settings), progress=progress)
+    run = RunSettings.from_dict(settings)
+    return run_ensemble(archive, packages, init_time, store, run, progress=progress, scores=hindcast_scores)
 
 
 @task(retries=1, retry_delay_seconds=5, task_run_name="report {init_time}")

@@ -17,6 +17,7 @@ import os
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from forecast.diagnostics.online_scores import hindcast_scores
 from forecast.ensemble.engine import RunSettings, online_state, open_or_create_store, plan_run, run_ensemble
 from forecast.ensemble.progress import catch_up, pending
 
@@ -40,7 +41,7 @@ def run_blocks(
         torch.set_num_threads(threads)
     summary = run_ensemble(
         archive, packages, init_time, out, RunSettings.from_dict(settings), device=device, progress=False,
-        blocks=blocks,
+        blocks=blocks, scores=hindcast_scores,
     )  # fmt: skip
     return summary["blocks_run"]
 
@@ -69,7 +70,7 @@ def ensemble_flow(
     all_blocks = plan.layout.blocks(plan.block_size)
     # The block size is fixed here, once, so every worker cuts the same blocks.
     fixed = {**dataclasses.asdict(run), "block_size": plan.block_size}
-    state = online_state(plan, store, init_index, out)
+    state = online_state(plan, store, init_index, out, hindcast_scores)
     todo = [w.block.index for w in catch_up(store, init_index, state, pending(store, init_index, state, all_blocks))]
     logger.info("%d members in %d blocks; %d blocks to run", plan.layout.size, len(all_blocks), len(todo))
     shares = [todo[i : i + blocks_per_task] for i in range(0, len(todo), blocks_per_task)]

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from forecast.archive import Archive
+from forecast.diagnostics.online_scores import hindcast_scores
 from forecast.ensemble.engine import RunSettings, run_ensemble
 from forecast.ensemble.store import open_forecast
 from forecast.model.package import read_config
@@ -155,7 +156,9 @@ def calibrate(
     def hindcasts(name: str, run: RunSettings) -> str:
         store = str(work / f"{name}.zarr")
         for t in init_times:
-            run_ensemble(archive, packages, str(t), store, run, device=device, progress=progress)
+            run_ensemble(
+                archive, packages, str(t), store, run, device=device, progress=progress, scores=hindcast_scores
+            )
         return store
 
     sweep = {}

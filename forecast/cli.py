@@ -103,6 +103,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from forecast.diagnostics.online_scores import hindcast_scores
     from forecast.ensemble.engine import RunSettings, run_ensemble
 
     crop = tuple(args.crop) if args.crop else None
@@ -144,6 +145,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet,
         low_memory=args.low_memory,
+        scores=hindcast_scores,  # used with --score
     )
     print(
         f"{summary['store']}: {summary['members']} members from {summary['init_time']}, "

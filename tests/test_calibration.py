@@ -18,6 +18,7 @@ from forecast.calibration import (
     load_calibration,
 )
 from forecast.cli import main
+from forecast.diagnostics.online_scores import hindcast_scores
 from forecast.ensemble.engine import RunSettings, run_ensemble
 from forecast.ensemble.store import ForecastStore, open_forecast
 
@@ -75,7 +76,9 @@ def test_sweep_scores_are_those_of_a_plain_run_at_that_amplitude(calibrated, wor
         perturbations=2, lead_hours=48, output_leads=(24, 48), score=True, store_members=False, amplitude=0.3
     )
     for t in INITS:
-        run_ensemble(world_archive, world_packages, t, str(tmp_path / "check.zarr"), run, progress=False)
+        run_ensemble(
+            world_archive, world_packages, t, str(tmp_path / "check.zarr"), run, progress=False, scores=hindcast_scores
+        )
     crps = open_forecast(str(tmp_path / "check.zarr")).crps
     for c in ("z500", "t2m"):
         assert float(crps.sel(channel=c).mean()) == pytest.approx(result["sweep"][c]["crps"][1], rel=1e-6)

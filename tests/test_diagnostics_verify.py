@@ -19,6 +19,7 @@ import zarr
 
 from forecast.diagnostics import crps, efi
 from forecast.diagnostics.mclimate import build_mclimate, hindcast_pool, load_mclimate, side_store_path
+from forecast.diagnostics.online_scores import hindcast_scores
 from forecast.diagnostics.scores_store import open_scores
 from forecast.diagnostics.verify import diagnose, verification
 from forecast.ensemble.engine import RunSettings, run_ensemble
@@ -64,7 +65,7 @@ def scored(world_archive, world_packages, tmp_path_factory):
     side = build_mclimate(world_archive, [hindcast], INIT, window_days=5, min_samples=20)
     settings = RunSettings(**SETTINGS, score=True)
     members = str(root / "members.zarr")
-    run_ensemble(world_archive, world_packages, INIT, members, settings, progress=False)
+    run_ensemble(world_archive, world_packages, INIT, members, settings, progress=False, scores=hindcast_scores)
     stats_only = str(root / "stats.zarr")
     run_ensemble(
         world_archive,
@@ -73,10 +74,11 @@ def scored(world_archive, world_packages, tmp_path_factory):
         stats_only,
         RunSettings(**SETTINGS, score=True, store_members=False),
         progress=False,
+        scores=hindcast_scores,
     )
     fewer = str(root / "stats-8.zarr")  # the same, at 8 members instead of 12
     fewer_settings = RunSettings(**{**SETTINGS, "perturbations": 2}, score=True, store_members=False)
-    run_ensemble(world_archive, world_packages, INIT, fewer, fewer_settings, progress=False)
+    run_ensemble(world_archive, world_packages, INIT, fewer, fewer_settings, progress=False, scores=hindcast_scores)
     scores = str(root / "scores.zarr")
     summary = diagnose(members, world_archive, scores, progress=False)
     yield {

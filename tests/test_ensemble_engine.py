@@ -4,6 +4,7 @@ runs, refusal to mix runs, kill/resume and regeneration."""
 
 from __future__ import annotations
 
+import ast
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 import torch
 from conftest import tree_digest
 
+import forecast
 from forecast.archive import Archive
 from forecast.ensemble.engine import RunSettings, run_ensemble
 from forecast.ensemble.members import Layout
@@ -157,6 +159,35 @@ def test_a_rerun_with_other_settings_is_refused(reference, world_archive, world_
         _run(world_archive, world_packages, out, base_seed=1)
     again = _run(world_archive, world_packages, out)  # the same run: nothing left to do
     assert again["blocks_run"] == 0
+
+
+def test_a_scored_run_needs_its_score_accumulators_given_and_writes_nothing_without(
+    world_archive, world_packages, tmp_path
+):
+    out = tmp_path / "scored.zarr"
+    with pytest.raises(ValueError, match="hindcast_scores"):
+        run_ensemble(world_archive, world_packages, "2001-11-11T00", str(out), RunSettings(score=True), progress=False)
+    assert not out.exists()
+
+
+LOWER_LAYERS = ("ensemble", "model", "training", "world", "ingest", "archive.py")
+HIGHER_LAYERS = ("forecast.diagnostics", "forecast.calibration", "forecast.report", "forecast.cli", "flows")
+
+
+def test_lower_layers_never_import_higher_ones():
+    # an import inside a function counts too: the scores reach the engine injected (ScoreFactory)
+    root = Path(forecast.__file__).parent
+    files = [root / n for n in LOWER_LAYERS if n.endswith(".py")]
+    files += [f for n in LOWER_LAYERS if not n.endswith(".py") for f in (root / n).rglob("*.py")]
+    assert len(files) > 20
+    found = []
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            found += [f"{f.relative_to(root)}: {n}" for n in names if n.startswith(HIGHER_LAYERS)]
+    assert found == []
 
 
 def _cli(*args: str) -> list[str]:

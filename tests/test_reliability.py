@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from forecast.diagnostics.online_scores import hindcast_scores
 from forecast.ensemble.engine import RunSettings, run_ensemble
 from forecast.ensemble.store import ForecastStore, open_forecast
 
@@ -108,7 +109,7 @@ def test_a_concurrent_forecast_flow_is_refused_and_a_killed_one_resumes(
     assert result["blocks_run"] == 6 and result["members"] == 16
     clean = tmp_path / "clean.zarr"
     run_ensemble(world_archive, world_packages, init, str(clean),
-                 RunSettings(**settings, score=True), progress=False)  # fmt: skip
+                 RunSettings(**settings, score=True), progress=False, scores=hindcast_scores)  # fmt: skip
     a, b = open_forecast(str(store)), open_forecast(str(clean))
     scale = np.abs(b.fields.values).max()
     np.testing.assert_array_equal(a.complete.values, b.complete.values)

@@ -14,6 +14,7 @@ from synthetic import six_hourly, write_cds
 
 from forecast.archive import Archive
 from forecast.diagnostics.mclimate import build_mclimate, load_mclimate
+from forecast.diagnostics.online_scores import hindcast_scores
 from forecast.diagnostics.scores_store import open_scores
 from forecast.diagnostics.verify import diagnose
 from forecast.ensemble.engine import RunSettings, run_ensemble
@@ -54,12 +55,16 @@ def chain(tmp_path_factory):
     settings = RunSettings(perturbations=1, lead_hours=24, output_leads=(0, 24), block_size=2, score=True)
     hindcasts = str(d / "hindcast.zarr")
     for init in ("2020-01-03T00", "2020-01-04T00"):
-        run_ensemble(archive, [package], init, hindcasts, settings, device="cpu", progress=False)
+        run_ensemble(
+            archive, [package], init, hindcasts, settings, device="cpu", progress=False, scores=hindcast_scores
+        )
     build_mclimate(archive, [hindcasts], INIT, window_days=3, min_samples=4)
     forecast = str(d / "forecast.zarr")
     # two blocks of one pair: the statistics of each lead go through the store's state
     two_blocks = RunSettings(perturbations=2, lead_hours=24, output_leads=(0, 24), block_size=2, score=True)
-    summary = run_ensemble(archive, [package], INIT, forecast, two_blocks, device="cpu", progress=False)
+    summary = run_ensemble(
+        archive, [package], INIT, forecast, two_blocks, device="cpu", progress=False, scores=hindcast_scores
+    )
     scores = str(d / "scores.zarr")
     diagnose(forecast, archive, scores, progress=False)
     return {"dir": d, "source": source, "archive": archive, "package": package, "hindcasts": hindcasts,

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from forecast import vocabulary
 from forecast.archive import Archive, to_hours
 from forecast.ensemble.members import Block, Layout, compose
-from forecast.ensemble.online import Accumulator, EnsembleMoments, ExceedanceCounts
+from forecast.ensemble.online import Accumulator, EnsembleMoments, ExceedanceCounts, ScoreFactory
 from forecast.ensemble.perturbation import BREEDING_CYCLES, BredVectors, CorrelatedNoise, GaussianRandomField
 from forecast.ensemble.progress import catch_up, pending
 from forecast.ensemble.state import OnlineState
@@ -409,8 +409,20 @@ class Writer:
 # -- the run --------------------------------------------------------------------------------
 
 
-def accumulators_for(plan: Plan, store_location: str) -> list[Accumulator]:
-    """The recipes of one lead's statistics: moments and exceedances, plus scores with `score`."""
+def check_scores(settings: RunSettings, scores: ScoreFactory | None) -> None:
+    """A scored run needs its score accumulators given: the engine does not import the
+    diagnostics (a lower layer), the caller injects them."""
+    if settings.score and scores is None:
+        raise ValueError(
+            "RunSettings.score is set but no score accumulators were given: pass "
+            "scores=forecast.diagnostics.online_scores.hindcast_scores (or another ScoreFactory)"
+        )
+
+
+def accumulators_for(plan: Plan, store_location: str, scores: ScoreFactory | None = None) -> list[Accumulator]:
+    """The recipes of one lead's statistics: moments and exceedances, plus, with `score`, the
+    accumulators `scores` makes for the run (`forecast.diagnostics.online_scores`)."""
+    check_scores(plan.settings, scores)
     shape = (len(plan.channel_index), len(plan.lat_index), len(plan.lon_index))
     a = Archive.open(plan.archive)
     channels = [a.channels[i] for i in plan.channel_index]
@@ -419,67 +431,7 @@ def accumulators_for(plan: Plan, store_location: str) -> list[Accumulator]:
         ExceedanceCounts(channels, shape, dict(plan.settings.thresholds)),
     ]
     if plan.settings.score:
-        accs += online_scores(plan, channels, store_location)
-    return accs
-
-
-def online_scores(plan: Plan, channels: list[str], store_location: str) -> list[Accumulator]:
-    """The scores kept while a hindcast runs, against the archive's analyses at the valid
-    times (NaN where the archive ends), read lead by lead; the EFI where the side store has an
-    M-climate (read lead by lead and tile by tile); the tails, q99 event scores and
-    ensemble-size curves (`forecast.diagnostics.online_extremes`)."""
-    from forecast.diagnostics.ensemble_size import ensemble_sizes, subset_ranks
-    from forecast.diagnostics.mclimate import load_mclimate
-    from forecast.diagnostics.online import EFIWeights, LeadVerification, MeanSkill, RankCounts, SpectraSums, TiledCRPS
-    from forecast.diagnostics.online_extremes import SubsetExtremes, TailScores
-    from forecast.diagnostics.scores import area_weights
-
-    grid = Archive.open(plan.archive).grid
-    lat, lon = grid.lat[plan.lat_index], grid.lon[plan.lon_index]
-    valid = plan.init_time + plan.output_leads.astype("timedelta64[h]")
-    truth = LeadVerification(plan.archive, valid, channels, lat, lon)
-    weights = area_weights(lat).values
-    per_checkpoint = plan.layout.per_checkpoint
-    accs: list[Accumulator] = [
-        RankCounts(truth),
-        MeanSkill(truth, weights),
-        SpectraSums(truth),
-        TiledCRPS(
-            truth,
-            weights,
-            plan.layout.size,
-            scratch=f"{str(store_location).rstrip('/')}.crps-scratch-{plan.init_time}",
-            member_chunk=int(np.gcd(plan.block_size, per_checkpoint)),
-        ),
-    ]
-    climate = load_mclimate(plan.archive, plan.init_time)
-    lead_map, clim, efi = {}, None, None
-    if climate is not None:
-        have = {int(h): i for i, h in enumerate(climate.lead_time.values)}
-        lead_map = {k: have[int(h)] for k, h in enumerate(plan.output_leads) if int(h) in have}
-        if lead_map:
-            clim = climate.sel(channel=channels).isel(lat=plan.lat_index, lon=plan.lon_index)
-            efi = EFIWeights(clim, lead_map)
-            accs.append(efi)
-    cache: dict[int, np.ndarray] = {}
-
-    def q99(k: int) -> np.ndarray | None:
-        """The M-climate's 99th percentile at lead k (the extreme of missed extremes and of the
-        q99 event scores), read once per lead: every block and accumulator of the lead share it."""
-        if k not in lead_map:
-            return None
-        if k not in cache:
-            cache.clear()
-            cache[k] = np.asarray(clim.isel(lead_time=lead_map[k]).sel(quantile=0.99, method="nearest"))
-        return cache[k]
-
-    threshold = q99 if clim is not None else None
-    accs.append(TailScores(truth, weights, threshold, efi))
-    if plan.layout.size >= 4:  # ensemble-size curves need two sizes at least
-        coords = plan.layout.coords()
-        # one draw of nested subsets, fixed by the run's base seed (offline curves may average more)
-        ranks = subset_ranks(coords["checkpoint"], coords["perturbation"], seed=plan.settings.base_seed)
-        accs.append(SubsetExtremes(truth, weights, ranks, ensemble_sizes(plan.layout.size), threshold))
+        accs += scores(plan, channels, store_location)
     return accs
 
 
@@ -519,10 +471,12 @@ def _open_or_create_store(plan: Plan, out: str) -> tuple[ForecastStore, int]:
     return store, store.add_init_time(plan.init_time)
 
 
-def online_state(plan: Plan, store: ForecastStore, init_index: int, out: str) -> OnlineState:
+def online_state(
+    plan: Plan, store: ForecastStore, init_index: int, out: str, scores: ScoreFactory | None = None
+) -> OnlineState:
     """The run's statistics of one init time, kept in the store lead by lead."""
     n_blocks = len(plan.layout.blocks(plan.block_size))
-    return OnlineState(store, init_index, n_blocks, len(plan.output_leads), accumulators_for(plan, out))
+    return OnlineState(store, init_index, n_blocks, len(plan.output_leads), accumulators_for(plan, out, scores))
 
 
 def run_ensemble(
@@ -535,20 +489,26 @@ def run_ensemble(
     progress: bool = True,
     blocks: Sequence[int] | None = None,
     low_memory: bool = False,
+    scores: ScoreFactory | None = None,
 ) -> dict:
     """Run (or resume) the ensemble from `init_time` into the store at `out`. Returns a summary.
+
+    `scores` makes the score accumulators of a run with `settings.score` (hindcasts:
+    `forecast.diagnostics.online_scores.hindcast_scores`); it is required then, and unused
+    otherwise.
 
     `blocks` limits the run to those block indices (a worker's share); None runs all. Several
     processes may run disjoint (or even the same) blocks of one init time at once: each folds
     its blocks into the store's per-lead statistics under that lead's lock. `low_memory` (a
     CPU run): the statistics run between the model's steps, not beside them (`Writer`); the
     results are the same."""
+    check_scores(settings, scores)  # before the store is touched
     dev = torch.device(device) if device else _default_device()
     plan = plan_run(archive, packages, init_time, settings)
     store, init_index = open_or_create_store(plan, out)
     all_blocks = plan.layout.blocks(plan.block_size)
     mine = all_blocks if blocks is None else [all_blocks[i] for i in blocks]
-    state = online_state(plan, store, init_index, out)
+    state = online_state(plan, store, init_index, out, scores)
     work = pending(store, init_index, state, mine)
     if work:
         state.prepare()

@@ -8,7 +8,9 @@ updates it lead by lead (`forecast.ensemble.state`), so memory is one lead's sta
 many leads and members a run has, blocks computed by different processes combine through the
 store, and an interrupted run resumes. States are plain tensors, kept as Zarr arrays (no
 pickle) whose shapes do not depend on the member count. The diagnostics add scores through
-the same protocol (`forecast.diagnostics.online`).
+the same protocol (`forecast.diagnostics.online`); a scored run is handed them by its caller
+as a `ScoreFactory` (`forecast.diagnostics.online_scores.hindcast_scores`), so the engine never
+imports the diagnostics.
 
 An accumulator may name others in `reads`: its `update` and `result` then also see their
 state, under "name.key" (the same tensors, not copies), so a score built on the ensemble
@@ -19,10 +21,13 @@ memory and on disk).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from forecast.ensemble.engine import Plan
 
 Result = dict[str, tuple[tuple[str, ...], np.ndarray, dict]]
 
@@ -40,6 +45,12 @@ class Accumulator(Protocol):
 
     def result(self, state: dict[str, torch.Tensor], lead_index: int) -> Result:
         """Named arrays of one complete lead: (dims, values, attributes), dims without lead_time."""
+
+
+class ScoreFactory(Protocol):
+    def __call__(self, plan: Plan, channels: list[str], store_location: str) -> list[Accumulator]:
+        """The score accumulators of one run and init time (`plan`), for its output channels;
+        `store_location` is the forecast store's (for scratch files beside it)."""
 
 
 def check_reads(accumulators: Sequence[Accumulator]) -> None:
