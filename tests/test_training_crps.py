@@ -12,7 +12,8 @@ import xarray as xr
 from forecast.diagnostics.scores import crps
 from forecast.grid import cell_area_weights, equiangular
 from forecast.model import ForecastModel, ModelConfig
-from forecast.training.crps import CRPSLoss, almost_fair_crps
+from forecast.training.crps import CRPSLoss, SpectralCRPS, almost_fair_crps
+from forecast.training.loop import TrainConfig
 
 
 def _sample(m: int, seed: int = 0, points: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,3 +124,57 @@ def test_the_loss_weighs_by_area_and_channel_in_difference_std_units():
         loss(members[:, 0], target)
     with pytest.raises(ValueError, match="not in the model"):
         CRPSLoss(model, {"t2m": 1.0})
+
+
+def _band_limited(shape: tuple[int, ...], lmax: int, mmax: int, lcut: int, seed: int) -> torch.Tensor:
+    """Random coefficients (..., l, m) of a real field, zero above degree lcut and for m > l."""
+    g = torch.Generator().manual_seed(seed)
+    c = torch.complex(torch.randn((*shape, lmax, mmax), generator=g), torch.randn((*shape, lmax, mmax), generator=g))
+    c[..., 0] = c[..., 0].real + 0j  # m = 0 of a real field is real
+    l, m = torch.arange(lmax)[:, None], torch.arange(mmax)[None]
+    return c * ((m <= l) & (l < lcut))
+
+
+def test_the_spectral_crps_scores_mode_moduli_with_parseval_weights():
+    from torch_harmonics import InverseRealSHT
+
+    nlat, nlon = 17, 32
+    spectral = SpectralCRPS(nlat, nlon, "equiangular", alpha=0.95)
+    lmax, mmax = spectral.sht.lmax, spectral.sht.mmax
+    coeffs = _band_limited((2, 4, 3), lmax, mmax, lcut=8, seed=3)  # (batch, member + target, channel)
+    fields = InverseRealSHT(nlat, nlon, lmax=lmax, mmax=mmax, grid="equiangular")(coeffs)
+    members, target = fields[:, :3], fields[:, 3]
+    got = spectral(members, target)  # (batch, channel)
+    # by hand: the double-sum afCRPS of |c| / sqrt(4 pi) per mode, 1 x m = 0 and 2 x m > 0
+    moduli = (coeffs.abs() / np.sqrt(4 * np.pi)).double().numpy()
+    x = np.moveaxis(moduli[:, :3], 1, -1).reshape(-1, 3)
+    per_mode = _double_sum(x, moduli[:, 3].reshape(-1), 0.95).reshape(2, 3, lmax, mmax)
+    weights = np.where(np.arange(mmax) == 0, 1.0, 2.0)
+    np.testing.assert_allclose(got.double().numpy(), (per_mode * weights).sum((-2, -1)), rtol=2e-5)
+    # Parseval with the same weights: sum_lm w_m |c|^2 / 4 pi is the area mean of f^2, here by an
+    # exact Gauss-Legendre quadrature of the field synthesised on its own grid
+    _, gauss = np.polynomial.legendre.leggauss(24)
+    on_gauss = InverseRealSHT(24, nlon, lmax=lmax, mmax=mmax, grid="legendre-gauss").double()(coeffs[0, 0, 0].cdouble())
+    area_mean = float((on_gauss.numpy() ** 2).mean(-1) @ gauss / 2)
+    power = float((coeffs[0, 0, 0].cdouble().abs() ** 2 * torch.from_numpy(weights)).sum() / (4 * np.pi))
+    assert power == pytest.approx(area_mean, rel=1e-10)
+
+
+def test_the_spectral_crps_ignores_phase_and_the_loss_adds_it_with_its_weight():
+    model = _model()
+    g = torch.Generator().manual_seed(2)
+    scale = torch.tensor([300.0, 1.5]).view(1, 1, 2, 1, 1)
+    members = torch.randn((2, 3, 2, 9, 16), generator=g) * scale
+    target = torch.randn((2, 2, 9, 16), generator=g) * scale[:, 0]
+    spectral = SpectralCRPS(9, 16, "equiangular")
+    shifted = torch.roll(members, 5, dims=-1)  # a longitude shift changes every phase, no modulus
+    np.testing.assert_allclose(spectral(shifted, target).numpy(), spectral(members, target).numpy(), rtol=1e-5)
+    plain, both = CRPSLoss(model, {"z500": 3.0}), CRPSLoss(model, {"z500": 3.0}, spectral_weight=0.1)
+    assert float(plain(shifted, target)) != pytest.approx(float(plain(members, target)), rel=1e-3)
+    x, y = members / scale, target / scale[:, 0]
+    term = (torch.tensor([1.5, 0.5]) * spectral(x, y)).mean()
+    assert float(both(members, target)) == pytest.approx(float(plain(members, target) + 0.1 * term), rel=1e-5)
+    both(members.requires_grad_(), target).backward()
+    assert torch.isfinite(members.grad).all() and members.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="spectral_crps_weight"):
+        TrainConfig(spectral_crps_weight=0.1)  # the MSE loss has no spectral term

@@ -14,13 +14,24 @@ but on ties, where |·| has a subgradient.
 
 `CRPSLoss` weighs it as `WeightedLoss` weighs the squared error: per channel in units of the
 one-step difference std, by cell area and channel weight, mean over batch and grid.
+
+With `spectral_weight` > 0 it adds a spectral term (FourCastNet 3 weighs its own 0.1): the same
+afCRPS of the moduli |f̂_lm| / sqrt(4π) of the members' spherical harmonic coefficients against
+the target's, summed over (l, m) with weight 2 for m > 0 (each stands for ±m of a real field),
+so by Parseval a field's Σ w_m |f̂_lm|² / 4π is its area mean square. A moduli score ignores
+phase: it rewards members whose power at every scale is the analysis's, which the gridpoint
+CRPS alone does not (a blurred member scores well there while its small scales are lost).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+from torch_harmonics import RealSHT
 
 from forecast.grid import cell_area_weights
+from forecast.harmonics import build
 
 
 def almost_fair_crps(members: torch.Tensor, target: torch.Tensor, alpha: float = 0.95, dim: int = 1) -> torch.Tensor:
@@ -55,20 +66,61 @@ def loss_weights(model, channel_weights: dict[str, float]) -> tuple[torch.Tensor
     return weights.to(model.diff_std.device), model.diff_std.detach().clone()
 
 
+class SpectralCRPS(torch.nn.Module):
+    """Per (batch, channel): Σ_lm w_m afCRPS_α(|x̂_lm| / sqrt(4π)) of the members (batch, member,
+    channel, lat, lon) against the target's moduli, w_m = 1 at m = 0 and 2 above."""
+
+    def __init__(self, nlat: int, nlon: int, grid: str = "equiangular", alpha: float = 0.95):
+        super().__init__()
+        # torch-harmonics 0.9's own truncation, given so that it does not warn: an equiangular
+        # grid resolves degrees below (nlat + 1) // 2, a Gauss grid below nlat
+        lmax = (nlat + 1) // 2 if grid.startswith("equiangular") else nlat
+        self.sht = build(RealSHT, nlat, nlon, lmax=lmax, grid=grid).float()
+        w = torch.full((self.sht.mmax,), 2.0)
+        w[0] = 1.0
+        self.register_buffer("m_weights", w)
+        self.alpha = float(alpha)
+
+    def forward(self, members: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        norm = 1.0 / math.sqrt(4.0 * math.pi)
+        with torch.autocast(device_type=members.device.type, enabled=False):  # the SHT in float32
+            x = self.sht(members.float()).abs() * norm  # (batch, member, channel, l, m)
+            y = self.sht(target.float()).abs() * norm
+        score = almost_fair_crps(x, y, self.alpha, dim=1)  # (batch, channel, l, m)
+        return (score * self.m_weights).sum((-2, -1))
+
+
 class CRPSLoss(torch.nn.Module):
     """Mean over batch, channel and grid of area weight × channel weight × afCRPS_α of the
     members (batch, member, channel, lat, lon) against the target (batch, channel, lat, lon),
-    both divided by the channel's one-step difference std."""
+    both divided by the channel's one-step difference std; plus `spectral_weight` × the mean
+    over batch and channel (channel-weighted) of `SpectralCRPS` of the same scaled fields."""
 
-    def __init__(self, model, channel_weights: dict[str, float], alpha: float = 0.95):
+    def __init__(
+        self,
+        model,
+        channel_weights: dict[str, float],
+        alpha: float = 0.95,
+        spectral_weight: float = 0.0,
+        grid: str = "equiangular",
+    ):
         super().__init__()
         weights, scale = loss_weights(model, channel_weights)
         self.register_buffer("weights", weights)
         self.register_buffer("scale", scale)
         self.alpha = float(alpha)
+        self.spectral_weight = float(spectral_weight)
+        self.spectral = None
+        if self.spectral_weight > 0:
+            self.spectral = SpectralCRPS(len(model.lat), len(model.lon), grid, alpha).to(weights.device)
+            cw = torch.tensor([channel_weights.get(c, 1.0) for c in model.channels])
+            self.register_buffer("channel_weights", (cw / cw.mean()).view(1, -1).to(weights.device))
 
     def forward(self, members: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if members.ndim != 5:
             raise ValueError(f"members must be (batch, member, channel, lat, lon), got {tuple(members.shape)}")
-        score = almost_fair_crps(members / self.scale[:, None], target / self.scale, self.alpha, dim=1)
-        return (self.weights * score).mean()
+        x, y = members / self.scale[:, None], target / self.scale
+        loss = (self.weights * almost_fair_crps(x, y, self.alpha, dim=1)).mean()
+        if self.spectral is not None:
+            loss = loss + self.spectral_weight * (self.channel_weights * self.spectral(x, y)).mean()
+        return loss

@@ -69,6 +69,7 @@ class TrainConfig:
     loss: str = "mse"
     ensemble_members: int = 2
     crps_alpha: float = 0.95
+    spectral_crps_weight: float = 0.0  # > 0: add this x the spectral CRPS (forecast.training.crps)
 
     def __post_init__(self):
         if self.loss not in ("mse", "crps"):
@@ -79,6 +80,8 @@ class TrainConfig:
             raise ValueError(f"ensemble_members must be 2..16 for the CRPS, got {self.ensemble_members}")
         if not 0.0 <= self.crps_alpha <= 1.0:
             raise ValueError(f"crps_alpha must be in [0, 1], got {self.crps_alpha}")
+        if self.spectral_crps_weight < 0 or (self.spectral_crps_weight > 0 and self.loss != "crps"):
+            raise ValueError(f"spectral_crps_weight must be >= 0, and > 0 needs loss crps: {self.spectral_crps_weight}")
         if not 2 <= self.finetune_rollout_steps <= 16 and self.finetune_epochs:
             raise ValueError(f"finetune_rollout_steps must be 2..16, got {self.finetune_rollout_steps}")
         if not 0 <= self.input_noise < 5:
@@ -245,7 +248,8 @@ def train(
         model, static = model_from_archive(archive, cfg.model)
     model.to(dev)
     if cfg.loss == "crps":
-        loss_fn, members = CRPSLoss(model, cfg.channel_weights, cfg.crps_alpha).to(dev), cfg.ensemble_members
+        loss_fn = CRPSLoss(model, cfg.channel_weights, cfg.crps_alpha, cfg.spectral_crps_weight, cfg.model.grid)
+        loss_fn, members = loss_fn.to(dev), cfg.ensemble_members
     else:
         loss_fn, members = WeightedLoss(model, cfg.channel_weights).to(dev), 1
     optimizer = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
