@@ -5,8 +5,9 @@ year.
 Trains one checkpoint (seed 0 by default) on 2000-2001 with `configs/train-stochastic.yaml`
 and the overrides given, runs it from the 4 validation init times of `science_world.py`
 (16 members of model noise only, no bred vectors: what the training alone gives), and prints
-the area-mean fair CRPS and the spread-skill ratio per channel at days 1, 3, 5, 10, 15, and the
-training time. A package already trained under --work is reused.
+the area-mean fair CRPS, the spread-skill ratio and the member power at l >= 8 over the
+analysis's per channel at days 1, 3, 5, 10, 15, and the training time. A package already
+trained under --work is reused.
 
     python benchmarks/validation_probe.py --archive ARCHIVE --work DIR --name roll16 \
         --set finetune_rollout_steps=16 [--set ensemble_members=4 ...]
@@ -34,6 +35,7 @@ def main() -> None:
     from forecast.config import load
     from forecast.diagnostics.online_scores import hindcast_scores
     from forecast.ensemble.engine import RunSettings, run_ensemble
+    from forecast.ensemble.store import open_forecast
     from forecast.training.loop import TrainConfig, train
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,13 +66,22 @@ def main() -> None:
     for t in VALID_INITS:
         run_ensemble(args.archive, [str(package)], t, store, settings, progress=False, scores=hindcast_scores)
     scores = _sweep_scores(store, list(CHANNELS), list(LEADS))
+    # member power at l >= 8 over the analysis's, powers averaged over init times first (the
+    # science table's "member power l >= 8")
+    spectra = open_forecast(store).sel(channel=list(CHANNELS), lead_time=list(LEADS), l=slice(8, None))
+    power = spectra.member_mean_spectrum.sum("l").mean("init_time") / spectra.verification_spectrum.sum("l").mean(
+        "init_time"
+    )
     result = {
         "name": args.name,
         "overrides": overrides,
         "train_s": seconds,
         "days": [h // 24 for h in LEADS],
         **{
-            c: {k: np.nanmean(scores[c][k], 0).round(3).tolist() for k in ("crps", "ssr")}  # mean over inits
+            c: {
+                **{k: np.nanmean(scores[c][k], 0).round(3).tolist() for k in ("crps", "ssr")},  # mean over inits
+                "power_l8": power.sel(channel=c).values.round(3).tolist(),
+            }
             for c in CHANNELS
         },
     }
