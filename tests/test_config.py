@@ -59,7 +59,10 @@ def test_train_config_loads_with_nested_model_and_checked_weights(tmp_path):
     # the stochastic config is train.yaml with model noise, the CRPS and a 2-day (8-step)
     # rollout fine-tuning, nothing else
     stochastic = load(TrainConfig, CONFIG_DIR / "train-stochastic.yaml")
-    assert stochastic.loss == "crps" and stochastic.model.stochastic and stochastic.finetune_rollout_steps == 16
+    assert stochastic.loss == "crps" and stochastic.model.stochastic and stochastic.finetune_rollout_steps == 8
+    # the 4-day opt-in differs in its fine-tuning rollout only
+    longer = load(TrainConfig, CONFIG_DIR / "train-stochastic-16.yaml")
+    assert longer == dataclasses.replace(stochastic, finetune_rollout_steps=16)
     plain_model = dataclasses.replace(stochastic.model, noise_length_scales_km=())
     plain = dataclasses.replace(stochastic, loss="mse", model=plain_model, finetune_rollout_steps=4)
     assert plain == cfg
