@@ -42,6 +42,13 @@ def drop_legendre_cache() -> None:
         cache.cache_clear()
 
 
+def default_lmax(nlat: int, grid: str) -> int:
+    """The largest degree (exclusive) the grid's quadrature resolves exactly: nlat on the Gauss
+    grid, (nlat + 1) // 2 on the equiangular grid with poles. Given explicitly to every
+    transform: torch-harmonics changed its default truncation in 0.9."""
+    return nlat if grid == "legendre-gauss" else (nlat + 1) // 2
+
+
 def build(factory: Callable[..., T], *args, **kwargs) -> T:
     """factory(*args, **kwargs) (a transform, or a network that builds some), then the
     Legendre cache dropped."""

@@ -16,11 +16,7 @@ import torch
 import xarray as xr
 from torch_harmonics import RealSHT
 
-from forecast.harmonics import build
-
-
-def default_lmax(nlat: int, grid: str) -> int:
-    return nlat if grid == "legendre-gauss" else (nlat + 1) // 2
+from forecast.harmonics import build, default_lmax
 
 
 @functools.lru_cache(maxsize=8)

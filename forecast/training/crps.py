@@ -31,7 +31,7 @@ import torch
 from torch_harmonics import RealSHT
 
 from forecast.grid import cell_area_weights
-from forecast.harmonics import build
+from forecast.harmonics import build, default_lmax
 
 
 def almost_fair_crps(members: torch.Tensor, target: torch.Tensor, alpha: float = 0.95, dim: int = 1) -> torch.Tensor:
@@ -57,13 +57,18 @@ def loss_weights(model, channel_weights: dict[str, float]) -> tuple[torch.Tensor
     """(weights (1, channel, lat, 1): channel weight normalised to mean 1 × cell area of mean 1,
     scale (1, channel, 1, 1): the one-step difference std), beside the model's buffers, so a
     loss works whether the model is on the CPU or a GPU (the weights are built on the CPU)."""
+    area = torch.from_numpy(cell_area_weights(model.lat.detach().cpu().numpy())).float()
+    weights = normalised_channel_weights(model, channel_weights).view(1, -1, 1, 1) * area.view(1, 1, -1, 1)
+    return weights.to(model.diff_std.device), model.diff_std.detach().clone()
+
+
+def normalised_channel_weights(model, channel_weights: dict[str, float]) -> torch.Tensor:
+    """(channel,) the given weights (1 for channels not named) over their mean, on the CPU."""
     unknown = set(channel_weights) - set(model.channels)
     if unknown:
         raise ValueError(f"channel_weights name channels not in the model: {sorted(unknown)}")
-    area = torch.from_numpy(cell_area_weights(model.lat.detach().cpu().numpy())).float()
     cw = torch.tensor([channel_weights.get(c, 1.0) for c in model.channels])
-    weights = (cw / cw.mean()).view(1, -1, 1, 1) * area.view(1, 1, -1, 1)
-    return weights.to(model.diff_std.device), model.diff_std.detach().clone()
+    return cw / cw.mean()
 
 
 class SpectralCRPS(torch.nn.Module):
@@ -72,10 +77,8 @@ class SpectralCRPS(torch.nn.Module):
 
     def __init__(self, nlat: int, nlon: int, grid: str = "equiangular", alpha: float = 0.95):
         super().__init__()
-        # torch-harmonics 0.9's own truncation, given so that it does not warn: an equiangular
-        # grid resolves degrees below (nlat + 1) // 2, a Gauss grid below nlat
-        lmax = (nlat + 1) // 2 if grid.startswith("equiangular") else nlat
-        self.sht = build(RealSHT, nlat, nlon, lmax=lmax, grid=grid).float()
+        lmax = default_lmax(nlat, grid)  # the truncation of the spectra diagnostics
+        self.sht = build(RealSHT, nlat, nlon, lmax=lmax, mmax=min(lmax, nlon // 2 + 1), grid=grid).float()
         w = torch.full((self.sht.mmax,), 2.0)
         w[0] = 1.0
         self.register_buffer("m_weights", w)
@@ -113,8 +116,8 @@ class CRPSLoss(torch.nn.Module):
         self.spectral = None
         if self.spectral_weight > 0:
             self.spectral = SpectralCRPS(len(model.lat), len(model.lon), grid, alpha).to(weights.device)
-            cw = torch.tensor([channel_weights.get(c, 1.0) for c in model.channels])
-            self.register_buffer("channel_weights", (cw / cw.mean()).view(1, -1).to(weights.device))
+            cw = normalised_channel_weights(model, channel_weights)
+            self.register_buffer("channel_weights", cw.view(1, -1).to(weights.device))
 
     def forward(self, members: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if members.ndim != 5:
