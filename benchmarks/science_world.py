@@ -384,8 +384,8 @@ def main() -> None:
     p.add_argument("--world", help="default: WORK/world (simulated here if missing)")
     p.add_argument("--archive", help="default: WORK/archive.zarr (ingested here if missing)")
     p.add_argument("--mse-config", default="train.yaml", help="training config of (a), (b), (g)")
-    p.add_argument("--crps-config", default="train-stochastic-16.yaml",
-                   help="training config of (c), (d); the committed JSON: the 16-step opt-in")  # fmt: skip
+    p.add_argument("--crps-config", default="train-stochastic.yaml",
+                   help="training config of (c), (d) (the committed JSON: the default)")  # fmt: skip
     p.add_argument("--physics-matched", action="store_true", help="also (f2): physics at (d)'s initial spread")
     p.add_argument("--skip-physics", action="store_true", help="the ML table only (the physics takes longest)")
     p.add_argument("--size-curves", action="store_true", help="also (d) at many members: size curves")

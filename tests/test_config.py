@@ -56,15 +56,19 @@ def test_train_config_loads_with_nested_model_and_checked_weights(tmp_path):
 
     cfg = load(TrainConfig, CONFIG_DIR / "train.yaml")
     assert cfg.model.grid == "equiangular" and cfg.finetune_rollout_steps == 4
-    # the stochastic config is train.yaml with model noise, the CRPS and a 2-day (8-step)
-    # rollout fine-tuning, nothing else
+    # the stochastic config is train.yaml with model noise, the CRPS with its spectral term and a
+    # 4-day (16-step) rollout fine-tuning of 60 batches, nothing else
     stochastic = load(TrainConfig, CONFIG_DIR / "train-stochastic.yaml")
-    assert stochastic.loss == "crps" and stochastic.model.stochastic and stochastic.finetune_rollout_steps == 8
-    # the 4-day opt-in differs in its fine-tuning rollout only
+    assert stochastic.loss == "crps" and stochastic.model.stochastic and stochastic.finetune_rollout_steps == 16
+    assert stochastic.max_batches(stochastic.epochs) == 60 and stochastic.spectral_crps_weight == 0.1
+    # the opt-in for more compute differs in the fine-tuning's length only
     longer = load(TrainConfig, CONFIG_DIR / "train-stochastic-16.yaml")
-    assert longer == dataclasses.replace(stochastic, finetune_rollout_steps=16)
+    assert longer == dataclasses.replace(stochastic, finetune_max_batches=120)
     plain_model = dataclasses.replace(stochastic.model, noise_length_scales_km=())
-    plain = dataclasses.replace(stochastic, loss="mse", model=plain_model, finetune_rollout_steps=4)
+    plain = dataclasses.replace(
+        stochastic, loss="mse", model=plain_model, finetune_rollout_steps=4, finetune_max_batches=None,
+        spectral_crps_weight=0.0,
+    )  # fmt: skip
     assert plain == cfg
     bad = tmp_path / "t.yaml"
     bad.write_text("channel_weights: {z500: heavy}\n")

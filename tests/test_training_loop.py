@@ -23,6 +23,14 @@ def small_archive(tmp_path_factory):
     return str(d / "a.zarr")
 
 
+def test_batch_bounds_are_checked_on_load():
+    with pytest.raises(ValueError, match="finetune_max_batches must be >= 1"):
+        TrainConfig(finetune_max_batches=0)
+    cfg = TrainConfig(epochs=2, max_batches_per_epoch=7, finetune_max_batches=3)
+    assert [cfg.max_batches(e) for e in range(3)] == [7, 7, 3]
+    assert TrainConfig(epochs=1, max_batches_per_epoch=7).max_batches(1) == 7  # None: the one-step bound
+
+
 def test_learning_rate_warms_up_then_decays():
     cfg = TrainConfig(lr=1e-3, min_lr=1e-5, warmup_steps=10)
     lrs = [learning_rate(cfg, s, 100) for s in range(100)]
@@ -38,6 +46,7 @@ def test_interrupted_training_resumes_to_the_same_weights(small_archive, tmp_pat
         finetune_rollout_steps=2,
         batch_size=4,
         max_batches_per_epoch=3,
+        finetune_max_batches=2,
         warmup_steps=2,
         train_end="2020-01-09T00",
         valid_start="2020-01-09T06",
@@ -48,6 +57,8 @@ def test_interrupted_training_resumes_to_the_same_weights(small_archive, tmp_pat
     resumed = train(small_archive, tmp_path / "resumed", seed=5, cfg=cfg, device="cpu")
     assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
     assert resumed["history"][2]["rollout_steps"] == 2  # the fine-tuning epoch rolls out 2 steps
+    # the fine-tuning epoch has its own bound on batches, the one-step epochs theirs
+    assert [h["batches"] for h in resumed["history"]] == [3, 3, 2]
     a = load_file(str(tmp_path / "full" / "weights.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "weights.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

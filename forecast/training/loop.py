@@ -61,6 +61,9 @@ class TrainConfig:
     valid_end: str | None = None
     channel_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     max_batches_per_epoch: int | None = 120  # bounds an epoch: the 2-core budget is 3 minutes
+    # bounds a rollout fine-tuning epoch (None: max_batches_per_epoch): a 16-step batch costs
+    # ~16 one-step batches, so this is what keeps a long fine-tuning within a time budget
+    finetune_max_batches: int | None = None
     skill_inits: int = 32  # validation initial times scored for skill.json
     input_noise: float = 1.0  # training inputs get N(0, (input_noise x one-step difference std)²) noise
     # "mse", or "crps": the almost-fair CRPS (forecast.training.crps) of `ensemble_members`
@@ -84,6 +87,9 @@ class TrainConfig:
             raise ValueError(f"spectral_crps_weight must be >= 0, and > 0 needs loss crps: {self.spectral_crps_weight}")
         if not 2 <= self.finetune_rollout_steps <= 16 and self.finetune_epochs:
             raise ValueError(f"finetune_rollout_steps must be 2..16, got {self.finetune_rollout_steps}")
+        for key in ("max_batches_per_epoch", "finetune_max_batches"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1 or null (no bound), got {getattr(self, key)}")
         if not 0 <= self.input_noise < 5:
             raise ValueError(
                 f"input_noise is in units of the one-step difference std: 0 <= it < 5, got {self.input_noise}"
@@ -95,6 +101,12 @@ class TrainConfig:
 
     def rollout_steps(self, epoch: int) -> int:
         return 1 if epoch < self.epochs else self.finetune_rollout_steps
+
+    def max_batches(self, epoch: int) -> int | None:
+        """The bound on one epoch's batches (None: the whole training period)."""
+        if epoch >= self.epochs and self.finetune_max_batches is not None:
+            return self.finetune_max_batches
+        return self.max_batches_per_epoch
 
 
 HOLDOUT_FRACTION = 0.1
@@ -262,7 +274,8 @@ def train(
 
     def batches_in(epoch: int) -> int:
         n = len(train_sets[cfg.rollout_steps(epoch)]) // ranks.world_size // cfg.batch_size
-        return min(n, cfg.max_batches_per_epoch) if cfg.max_batches_per_epoch else n
+        bound = cfg.max_batches(epoch)
+        return min(n, bound) if bound else n
 
     total_steps = sum(batches_in(e) for e in range(cfg.total_epochs))
     progress = _load_state(work, model, optimizer) or {"epoch": -1, "step": 0, "history": []}
@@ -310,6 +323,7 @@ def train(
         record = {
             "epoch": epoch,
             "rollout_steps": data.rollout_steps,
+            "batches": len(losses),
             "train_loss": distributed.global_mean(float(np.sum(losses)), len(losses), ranks),
             "valid_loss": distributed.global_mean(float(np.sum(vl)), len(vl), ranks),
             "seconds": round(time.perf_counter() - start, 2),
