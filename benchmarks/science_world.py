@@ -460,11 +460,13 @@ def main() -> None:
     physics = {"f": run_physics(work, world, "physics", 0.3)}
     scored["f"] = _merge([score_store(s, archive, climatology) for s in physics["f"]])
     if args.physics_matched:
-        # the physics seed amplitude that gives (d)'s day-0 t850 spread: spread is linear in it
-        j = scored["f"]["channels"].index("t850")
-        f0 = np.sqrt(scored["f"]["leads"][0]["var"][:, j].mean())
-        d0 = np.sqrt(scored["d"]["leads"][0]["var"][:, scored["d"]["channels"].index("t850")].mean())
-        physics["f2"] = run_physics(work, world, "physics-matched", 0.3 * d0 / f0)
+        # the physics seed amplitude that gives (d)'s day-1 t850 spread. Not day 0: the calibration
+        # may choose amplitude 0 for t850 (it did), so (d)'s day-0 spread there is zero and its
+        # spread comes from the model noise from the first step on. Day-1 spread is close to
+        # linear in the seed amplitude (the physics' perturbations are still small at day 1).
+        amplitude = 0.3 * matched_ratio(scored["d"], scored["f"], "t850", 24)
+        physics["f2"] = run_physics(work, world, "physics-matched", amplitude)
+        common["physics_matched_amplitude_kelvin"] = amplitude
         scored["f2"] = _merge([score_store(s, archive, climatology) for s in physics["f2"]])
     timing["physics_s"] = time.perf_counter() - t0
     write_result(args.out, common, scored, timing)
@@ -555,6 +557,18 @@ def write_result(out: str, common: dict, scored: dict, timing: dict) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(result, indent=1, default=float))
     log.info("wrote %s: %s", out, json.dumps(result["targets"]["passed"]))
+
+
+def matched_ratio(target: dict, physics: dict, channel: str, lead: int) -> float:
+    """(target's spread) / (physics' spread) of `channel` at `lead` hours, rms over init times."""
+
+    def spread(s: dict) -> float:
+        return float(np.sqrt(s["leads"][lead]["var"][:, s["channels"].index(channel)].mean()))
+
+    ratio = spread(target) / spread(physics)
+    if not np.isfinite(ratio) or ratio <= 0:
+        raise ValueError(f"cannot match the physics spread: {channel} spread at {lead} h is {spread(target)}")
+    return ratio
 
 
 def _merge(parts: list[dict]) -> dict:

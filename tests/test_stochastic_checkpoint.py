@@ -4,6 +4,8 @@ regenerated bit for bit; bred vectors that do not depend on their block."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -130,3 +132,78 @@ def test_bred_vectors_model_noise_or_both_and_per_channel_amplitudes(world_archi
     assert plan(noise_scale=0.5).run_record()["settings"]["noise_scale"] == 0.5
     with pytest.raises(ValueError, match="noise_scale"):
         RunSettings(noise_scale=-0.1)
+
+
+def _stochastic_world_model(world_archive, embed_dim: int = 16):
+    from forecast.training.data import model_from_archive
+
+    torch.manual_seed(5)
+    model, _ = model_from_archive(
+        world_archive, ModelConfig(embed_dim=embed_dim, num_layers=2, noise_length_scales_km=(1000.0, 4000.0))
+    )
+    return model.eval()
+
+
+def test_a_stochastic_model_warm_started_from_a_deterministic_package_is_that_package_at_first(
+    world_archive, world_packages
+):
+    from forecast.model.package import warm_start
+
+    model = _stochastic_world_model(world_archive)
+    fresh = warm_start(model, world_packages[0])
+    assert fresh and all(k.startswith("films.") for k in fresh)
+    base, _ = load_package(world_packages[0])
+    x = base.mean.view(1, -1, 1, 1) + base.std.view(1, -1, 1, 1) * torch.randn(
+        2, len(base.channels), len(base.lat), len(base.lon), generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        want = base.rollout(x, torch.zeros(2), steps=3, step_hours=6)
+        got = model.rollout(x, torch.zeros(2), steps=3, step_hours=6, noise_seeds=[1, 2])
+    # the FiLM starts at zero: whatever the noise, the network is the deterministic one
+    assert torch.equal(got, want)
+
+
+def test_a_warm_start_that_does_not_fit_is_refused_with_the_file(world_archive, world_packages, stochastic_package):
+    from forecast.model import PackageError
+    from forecast.model.package import warm_start
+
+    with pytest.raises(PackageError, match="weights.safetensors: does not fit"):
+        warm_start(_stochastic_world_model(world_archive, embed_dim=8), world_packages[0])  # another width
+    deterministic, _ = load_package(world_packages[0])
+    with pytest.raises(PackageError, match="weights.safetensors: does not fit"):
+        warm_start(deterministic, stochastic_package)  # FiLM weights a deterministic model has no place for
+
+
+def test_crps_training_from_an_mse_checkpoint_starts_from_its_weights(world_archive, world_packages, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = TrainConfig(
+        model=ModelConfig(embed_dim=16, num_layers=2, noise_length_scales_km=(1000.0, 4000.0)),
+        epochs=1,
+        finetune_epochs=0,
+        max_batches_per_epoch=4,
+        batch_size=4,
+        skill_inits=4,
+        loss="crps",
+        input_noise=0.0,
+        lr=1e-8,  # six Adam steps move a weight by at most ~6e-8: what is trained is what was loaded
+        min_lr=1e-9,
+    )
+    scratch = train(world_archive, tmp_path / "scratch", seed=4, cfg=cfg, device="cpu")
+    warm = train(
+        world_archive,
+        tmp_path / "warm",
+        seed=4,
+        cfg=dataclasses.replace(cfg, init_weights=world_packages[0]),
+        device="cpu",
+    )
+    source = load_file(f"{world_packages[0]}/weights.safetensors")
+    for name, path in (("warm", tmp_path / "warm"), ("scratch", tmp_path / "scratch")):
+        got = load_file(f"{path}/weights.safetensors")
+        assert set(got) - set(source) and all(k.startswith("films.") for k in set(got) - set(source))
+        worst = max(float((got[k] - v).abs().max()) for k, v in source.items())
+        assert worst < 1e-6 if name == "warm" else worst > 1e-2, (name, worst)
+    # the same seed, batches and noise: a trained network's CRPS is below a random one's
+    assert warm["history"][0]["valid_loss"] < 0.8 * scratch["history"][0]["valid_loss"]
+    _, config = load_package(tmp_path / "warm")
+    assert config["training"]["config"]["init_weights"] == world_packages[0]

@@ -178,3 +178,31 @@ def load_package(path: str | Path, map_location: str = "cpu", **expect) -> tuple
         raise PackageError(f"{path}/weights.safetensors: does not fit the architecture in config.json: {e}") from e
     model.eval()
     return model, config
+
+
+def warm_start(model: ForecastModel, path: str | Path) -> list[str]:
+    """Start `model`'s network from the weights of the package at `path`, e.g. a stochastic
+    checkpoint from a deterministic one of the same architecture. Returns the parameters the
+    package lacks, which keep their initialisation: only a stochastic network's FiLM layers may
+    be missing, and they start at zero, so the warm-started network is the package's at first.
+    A package for other channels or another grid, another architecture (a shape that differs)
+    or a stochastic package into a deterministic model raises PackageError."""
+    path = Path(path)
+    config = read_config(path)
+    check_compatible(path, config, channels=model.channels, lat=model.lat.cpu().numpy(), lon=model.lon.cpu().numpy())
+    if not (path / "weights.safetensors").is_file():
+        raise PackageError(f"{path}: weights.safetensors is missing")
+    from safetensors.torch import load_file
+
+    state = load_file(str(path / "weights.safetensors"), device=str(next(model.net.parameters()).device))
+    try:
+        missing, unexpected = model.net.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a shape that differs: another embed_dim, depth, grid or modes
+        raise PackageError(f"{path}/weights.safetensors: does not fit this model's architecture: {e}") from e
+    others = [k for k in missing if not k.startswith("films.")]
+    if unexpected or others:
+        raise PackageError(
+            f"{path}/weights.safetensors: does not fit this model's architecture "
+            f"(missing {others[:4]}, unexpected {list(unexpected)[:4]})"
+        )
+    return list(missing)

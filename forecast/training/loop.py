@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from forecast.archive import Archive
 from forecast.model import ForecastModel, ModelConfig, save_package
+from forecast.model.package import warm_start
 from forecast.training import distributed
 from forecast.training.crps import CRPSLoss, loss_weights
 from forecast.training.data import ArchiveWindows, model_from_archive
@@ -73,6 +74,9 @@ class TrainConfig:
     ensemble_members: int = 2
     crps_alpha: float = 0.95
     spectral_crps_weight: float = 0.0  # > 0: add this x the spectral CRPS (forecast.training.crps)
+    # a model package whose network weights start this training (forecast.model.package.warm_start),
+    # e.g. an MSE checkpoint of the same architecture for a CRPS one; None: a fresh initialisation
+    init_weights: str | None = None
 
     def __post_init__(self):
         if self.loss not in ("mse", "crps"):
@@ -258,6 +262,9 @@ def train(
     with _INIT_LOCK:  # the global RNG: checkpoints trained in threads must not interleave here
         torch.manual_seed(seed)
         model, static = model_from_archive(archive, cfg.model)
+    if cfg.init_weights is not None:
+        fresh = warm_start(model, cfg.init_weights)
+        log.info("%s starts from the weights of %s (fresh: %d FiLM tensors)", out, cfg.init_weights, len(fresh))
     model.to(dev)
     if cfg.loss == "crps":
         loss_fn = CRPSLoss(model, cfg.channel_weights, cfg.crps_alpha, cfg.spectral_crps_weight, cfg.model.grid)
