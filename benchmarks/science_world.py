@@ -76,7 +76,10 @@ CANDIDATES = (0.0, 0.15, 0.35, 0.7)
 BOOTSTRAP = 2000
 
 
-def train_packages(work: Path, archive: str, kind: str, config: str) -> tuple[list[str], list[float]]:
+def train_packages(
+    work: Path, archive: str, kind: str, config: str, init_from: list[str] | None = None
+) -> tuple[list[str], list[float]]:
+    """Three checkpoints (SEEDS) under WORK/packages; `init_from`: the package each seed starts from."""
     from forecast.config import load
     from forecast.training.loop import TrainConfig, train
 
@@ -84,13 +87,17 @@ def train_packages(work: Path, archive: str, kind: str, config: str) -> tuple[li
     (lo, hi), (vlo, vhi) = PERIODS["train"], PERIODS["valid"]
     cfg = dataclasses.replace(cfg, train_start=lo, train_end=hi, valid_start=vlo, valid_end=vhi)
     out, seconds = [], []
-    for seed in SEEDS:
+    for i, seed in enumerate(SEEDS):
         path = work / "packages" / f"{kind}-s{seed}"
         if not (path / "config.json").exists():
             log.info("training %s seed %d", kind, seed)
             start = time.perf_counter()
-            train(archive, path, seed=seed, cfg=cfg, device="cpu")
+            seed_cfg = dataclasses.replace(cfg, init_weights=init_from[i]) if init_from else cfg
+            train(archive, path, seed=seed, cfg=seed_cfg, device="cpu")
             (path / "wall_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
+        made = json.loads((path / "config.json").read_text())["training"]["config"].get("init_weights")
+        if made != (init_from[i] if init_from else None):  # a package of another recipe is not reused
+            raise SystemExit(f"{path} was trained with init_weights={made!r}: use another --work")
         seconds.append(float((path / "wall_seconds.txt").read_text()))
         out.append(str(path))
     return out, seconds
@@ -386,6 +393,10 @@ def main() -> None:
     p.add_argument("--mse-config", default="train.yaml", help="training config of (a), (b), (g)")
     p.add_argument("--crps-config", default="train-stochastic.yaml",
                    help="training config of (c), (d) (the committed JSON: the default)")  # fmt: skip
+    p.add_argument(
+        "--crps-from-mse", action="store_true",
+        help="(c), (d): each CRPS checkpoint starts from the MSE one of its seed (init_weights); a new --work",
+    )  # fmt: skip
     p.add_argument("--physics-matched", action="store_true", help="also (f2): physics at (d)'s initial spread")
     p.add_argument("--skip-physics", action="store_true", help="the ML table only (the physics takes longest)")
     p.add_argument("--size-curves", action="store_true", help="also (d) at many members: size curves")
@@ -416,7 +427,7 @@ def main() -> None:
         ingest([world], archive, progress=False)
     timing["world_and_archive_s"] = time.perf_counter() - t0
     mse, mse_s = train_packages(work, archive, "mse", args.mse_config)
-    crps, crps_s = train_packages(work, archive, "crps", args.crps_config)
+    crps, crps_s = train_packages(work, archive, "crps", args.crps_config, mse if args.crps_from_mse else None)
     if args.only_size_curves:
         result = json.loads(Path(args.out).read_text())
         result["size_curves"] = size_curves(work, archive, crps, args.size_perturbations)
@@ -448,6 +459,7 @@ def main() -> None:
         "valid_inits": VALID_INITS,
         "test_inits": TEST_INITS,
         "members": 2 * len(SEEDS) * PERTURBATIONS,
+        "crps_from_mse": bool(args.crps_from_mse),
         "calibration": {k: json.loads(Path(v).read_text())["channel_amplitudes"] for k, v in cal.items()},
         "inflation": {c: inflation[:, j].tolist() for j, c in enumerate(scored["a"]["channels"]) if c in CHANNELS},
     }
