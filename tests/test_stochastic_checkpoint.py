@@ -186,7 +186,7 @@ def test_crps_training_from_an_mse_checkpoint_starts_from_its_weights(world_arch
         skill_inits=4,
         loss="crps",
         input_noise=0.0,
-        lr=1e-8,  # six Adam steps move a weight by at most ~6e-8: what is trained is what was loaded
+        lr=1e-8,  # four Adam steps move a weight by at most ~4e-8: what is trained is what was loaded
         min_lr=1e-9,
     )
     scratch = train(world_archive, tmp_path / "scratch", seed=4, cfg=cfg, device="cpu")

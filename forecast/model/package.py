@@ -144,6 +144,11 @@ def check_compatible(
         )
 
 
+def _require(path: Path, name: str) -> None:
+    if not (path / name).is_file():
+        raise PackageError(f"{path}: {name} is missing")
+
+
 def load_package(path: str | Path, map_location: str = "cpu", **expect) -> tuple[ForecastModel, dict]:
     """(model in eval mode, config). `expect` may give channels, lat, lon, time_step_hours
     of the data the model will run on; a mismatch raises PackageError."""
@@ -151,8 +156,7 @@ def load_package(path: str | Path, map_location: str = "cpu", **expect) -> tuple
     config = read_config(path)
     check_compatible(path, config, **expect)
     for name in ("weights.safetensors", "buffers.safetensors"):
-        if not (path / name).is_file():
-            raise PackageError(f"{path}: {name} is missing")
+        _require(path, name)
     from safetensors.torch import load_file
 
     buffers = load_file(str(path / "buffers.safetensors"), device=map_location)
@@ -190,8 +194,7 @@ def warm_start(model: ForecastModel, path: str | Path) -> list[str]:
     path = Path(path)
     config = read_config(path)
     check_compatible(path, config, channels=model.channels, lat=model.lat.cpu().numpy(), lon=model.lon.cpu().numpy())
-    if not (path / "weights.safetensors").is_file():
-        raise PackageError(f"{path}: weights.safetensors is missing")
+    _require(path, "weights.safetensors")
     from safetensors.torch import load_file
 
     state = load_file(str(path / "weights.safetensors"), device=str(next(model.net.parameters()).device))
