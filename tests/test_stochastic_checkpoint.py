@@ -28,21 +28,24 @@ from forecast.training.loop import TrainConfig, train
 INIT = "2001-11-01T00"
 
 
+# The small CRPS training both trainings of this file start from; each changes what it tests.
+SMALL_CRPS = TrainConfig(
+    model=ModelConfig(embed_dim=8, num_layers=2, noise_length_scales_km=(1000.0, 4000.0)),
+    epochs=1,
+    finetune_epochs=0,
+    max_batches_per_epoch=12,
+    batch_size=4,
+    skill_inits=4,
+    loss="crps",
+    ensemble_members=2,
+    input_noise=0.0,
+)
+
+
 @pytest.fixture(scope="module")
 def stochastic_package(world_archive, tmp_path_factory) -> str:
-    cfg = TrainConfig(
-        model=ModelConfig(embed_dim=8, num_layers=2, noise_length_scales_km=(1000.0, 4000.0)),
-        epochs=1,
-        finetune_epochs=0,
-        max_batches_per_epoch=12,
-        batch_size=4,
-        skill_inits=4,
-        loss="crps",
-        ensemble_members=2,
-        input_noise=0.0,
-    )
     out = tmp_path_factory.mktemp("stochastic") / "ckpt"
-    progress = train(world_archive, out, seed=3, cfg=cfg, device="cpu")
+    progress = train(world_archive, out, seed=3, cfg=SMALL_CRPS, device="cpu")
     assert np.isfinite(progress["history"][-1]["train_loss"])
     return str(out)
 
@@ -177,15 +180,10 @@ def test_a_warm_start_that_does_not_fit_is_refused_with_the_file(world_archive, 
 def test_crps_training_from_an_mse_checkpoint_starts_from_its_weights(world_archive, world_packages, tmp_path):
     from safetensors.torch import load_file
 
-    cfg = TrainConfig(
-        model=ModelConfig(embed_dim=16, num_layers=2, noise_length_scales_km=(1000.0, 4000.0)),
-        epochs=1,
-        finetune_epochs=0,
+    cfg = dataclasses.replace(
+        SMALL_CRPS,
+        model=dataclasses.replace(SMALL_CRPS.model, embed_dim=16),  # the world packages' width
         max_batches_per_epoch=4,
-        batch_size=4,
-        skill_inits=4,
-        loss="crps",
-        input_noise=0.0,
         lr=1e-8,  # four Adam steps move a weight by at most ~4e-8: what is trained is what was loaded
         min_lr=1e-9,
     )
