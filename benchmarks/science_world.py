@@ -92,7 +92,7 @@ def train_packages(
         if not (path / "config.json").exists():
             log.info("training %s seed %d", kind, seed)
             start = time.perf_counter()
-            seed_cfg = dataclasses.replace(cfg, init_weights=init_from[i]) if init_from else cfg
+            seed_cfg = dataclasses.replace(cfg, init_weights=init_from[i], pretrain=None) if init_from else cfg
             train(archive, path, seed=seed, cfg=seed_cfg, device="cpu")
             (path / "wall_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
         made = json.loads((path / "config.json").read_text())["training"]["config"].get("init_weights")
@@ -101,6 +101,23 @@ def train_packages(
         seconds.append(float((path / "wall_seconds.txt").read_text()))
         out.append(str(path))
     return out, seconds
+
+
+def pretrained_on(crps_config: str, mse_config: str) -> bool:
+    """Whether the CRPS config's first stage (`pretrain`) is the MSE config: then its first stage
+    of each seed is the MSE checkpoint of that seed bit for bit (training is deterministic here;
+    tests/test_stochastic_checkpoint.py checks the equivalence), so the table starts the CRPS
+    stage from the MSE packages (init_weights) instead of training each MSE network twice. A
+    first stage of another config is refused: the table's (a) would not be its first stage."""
+    from forecast.config import load
+    from forecast.training.loop import TrainConfig
+
+    cfg = load(TrainConfig, crps_config)
+    if cfg.pretrain is None:
+        return False
+    if load(TrainConfig, cfg.pretrain) != load(TrainConfig, mse_config):
+        raise SystemExit(f"{crps_config}: its pretrain {cfg.pretrain} is not --mse-config {mse_config}")
+    return True
 
 
 def calibration_for(work: Path, archive: str, packages: list[str], kind: str) -> str:
@@ -390,12 +407,13 @@ def main() -> None:
     p.add_argument("--work", required=True)
     p.add_argument("--world", help="default: WORK/world (simulated here if missing)")
     p.add_argument("--archive", help="default: WORK/archive.zarr (ingested here if missing)")
-    p.add_argument("--mse-config", default="train.yaml", help="training config of (a), (b), (g)")
-    p.add_argument("--crps-config", default="train-stochastic.yaml",
+    p.add_argument("--mse-config", default="train-mse.yaml", help="training config of (a), (b), (g)")
+    p.add_argument("--crps-config", default="train.yaml",
                    help="training config of (c), (d) (the committed JSON: the default)")  # fmt: skip
     p.add_argument(
         "--crps-from-mse", action="store_true",
-        help="(c), (d): each CRPS checkpoint starts from the MSE one of its seed (init_weights); a new --work",
+        help="(c), (d): each CRPS checkpoint starts from the MSE one of its seed (init_weights); a new --work;"
+        " implied by a CRPS config whose pretrain is the MSE config",
     )  # fmt: skip
     p.add_argument("--physics-matched", action="store_true", help="also (f2): physics at (d)'s initial spread")
     p.add_argument("--skip-physics", action="store_true", help="the ML table only (the physics takes longest)")
@@ -427,7 +445,8 @@ def main() -> None:
         ingest([world], archive, progress=False)
     timing["world_and_archive_s"] = time.perf_counter() - t0
     mse, mse_s = train_packages(work, archive, "mse", args.mse_config)
-    crps, crps_s = train_packages(work, archive, "crps", args.crps_config, mse if args.crps_from_mse else None)
+    from_mse = args.crps_from_mse or pretrained_on(args.crps_config, args.mse_config)
+    crps, crps_s = train_packages(work, archive, "crps", args.crps_config, mse if from_mse else None)
     if args.only_size_curves:
         result = json.loads(Path(args.out).read_text())
         result["size_curves"] = size_curves(work, archive, crps, args.size_perturbations)
@@ -459,7 +478,7 @@ def main() -> None:
         "valid_inits": VALID_INITS,
         "test_inits": TEST_INITS,
         "members": 2 * len(SEEDS) * PERTURBATIONS,
-        "crps_from_mse": bool(args.crps_from_mse),
+        "crps_from_mse": bool(from_mse),
         "calibration": {k: json.loads(Path(v).read_text())["channel_amplitudes"] for k, v in cal.items()},
         "inflation": {c: inflation[:, j].tolist() for j, c in enumerate(scored["a"]["channels"]) if c in CHANNELS},
     }

@@ -2,7 +2,7 @@
 validation year (issue #13, the README's "Tried since" table): nothing here looks at the test
 year.
 
-Trains one checkpoint (seed 0 by default) on 2000-2001 with `configs/train-stochastic.yaml`
+Trains one checkpoint (seed 0 by default) on 2000-2001 with `configs/train.yaml` (both stages)
 and the overrides given, runs it from the 4 validation init times of `science_world.py`
 (16 members of model noise only, no bred vectors: what the training alone gives), and prints
 the area-mean fair CRPS, the spread-skill ratio and the member power at l >= 8 over the
@@ -42,7 +42,7 @@ def main() -> None:
     p.add_argument("--archive", required=True, help="the science world's archive (science_world.py builds it)")
     p.add_argument("--work", required=True)
     p.add_argument("--name", required=True, help="the variant's name: its package and store under --work")
-    p.add_argument("--config", default="train-stochastic.yaml")
+    p.add_argument("--config", default="train.yaml")
     p.add_argument("--set", action="append", default=[], help="KEY=VALUE (JSON value) over the config")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()

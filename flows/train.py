@@ -1,8 +1,10 @@
 """Prefect flow: train N checkpoints (one per seed, mapped tasks) and score each against
 persistence and climatology.
 
-Every checkpoint is trained from scratch with its own seed: in HENS each is a model
-perturbation. Training resumes where an interrupted task left off, so retries are cheap.
+Every checkpoint is trained with its own seed: in HENS each is a model perturbation. The
+default config (train.yaml) trains each in two stages, an MSE checkpoint and then its CRPS
+fine-tuning with model noise, both from this seed. Training resumes where an interrupted task
+left off (either stage), so retries are cheap.
 """
 
 from __future__ import annotations

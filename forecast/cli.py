@@ -402,7 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--member", type=int, help="ensemble member to take from ensemble files (default 0)")
     i.set_defaults(func=_cmd_ingest)
 
-    t = sub.add_parser("train", help="train one SFNO checkpoint from scratch (resumes if interrupted)")
+    t = sub.add_parser(
+        "train", help="train one SFNO checkpoint (default: stochastic, MSE first then CRPS; resumes if interrupted)"
+    )
     t.add_argument("--archive", required=True, help="archive to train on (its last 10%% is held out by default)")
     t.add_argument("--seed", type=int, required=True, help="the seed: each seed is a model perturbation")
     t.add_argument("--out", required=True, help="model package directory (safetensors + JSON)")
@@ -555,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network at run time
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")  # see flows/__init__.py
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -101,7 +101,7 @@ class DemoCalibrationConfig:
     inits: list[str] = dataclasses.field(
         default_factory=lambda: ["2000-11-26T00", "2000-11-28T00", "2000-12-23T00", "2000-12-26T00"]
     )
-    candidates: list[float] = dataclasses.field(default_factory=lambda: [0.35, 0.7, 1.4])
+    candidates: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.2, 0.5, 1.0])
     days: list[int] = dataclasses.field(default_factory=lambda: [3, 4, 5])
     perturbations: int = 2
 

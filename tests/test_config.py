@@ -54,22 +54,27 @@ def test_bad_configs_are_refused_with_the_key_named(tmp_path, text, message):
 def test_train_config_loads_with_nested_model_and_checked_weights(tmp_path):
     from forecast.training.loop import TrainConfig
 
-    cfg = load(TrainConfig, CONFIG_DIR / "train.yaml")
-    assert cfg.model.grid == "equiangular" and cfg.finetune_rollout_steps == 4
-    # the stochastic config is train.yaml with model noise, the CRPS with its spectral term and a
-    # 4-day (16-step) rollout fine-tuning of 60 batches, nothing else
-    stochastic = load(TrainConfig, CONFIG_DIR / "train-stochastic.yaml")
-    assert stochastic.loss == "crps" and stochastic.model.stochastic and stochastic.finetune_rollout_steps == 16
-    assert stochastic.max_batches(stochastic.epochs) == 60 and stochastic.spectral_crps_weight == 0.1
-    # the opt-in for more compute differs in the fine-tuning's length only
-    longer = load(TrainConfig, CONFIG_DIR / "train-stochastic-16.yaml")
-    assert longer == dataclasses.replace(stochastic, finetune_max_batches=120)
-    plain_model = dataclasses.replace(stochastic.model, noise_length_scales_km=())
+    mse = load(TrainConfig, CONFIG_DIR / "train-mse.yaml")
+    assert mse.model.grid == "equiangular" and mse.finetune_rollout_steps == 4 and mse.loss == "mse"
+    # the default checkpoint is train-mse.yaml's network with model noise, fine-tuned on the CRPS
+    # with its spectral term over 45 16-step (4-day) batches, nothing else
+    default = load(TrainConfig, CONFIG_DIR / "train.yaml")
+    assert default.pretrain == "train-mse.yaml" and load(TrainConfig, default.pretrain) == mse
+    assert default.loss == "crps" and default.model.stochastic and default.finetune_rollout_steps == 16
+    assert (default.epochs, default.max_batches(0), default.spectral_crps_weight) == (0, 45, 0.1)
+    plain_model = dataclasses.replace(default.model, noise_length_scales_km=())
     plain = dataclasses.replace(
-        stochastic, loss="mse", model=plain_model, finetune_rollout_steps=4, finetune_max_batches=None,
-        spectral_crps_weight=0.0,
+        default, loss="mse", model=plain_model, finetune_rollout_steps=4, finetune_max_batches=None,
+        spectral_crps_weight=0.0, epochs=3, pretrain=None,
     )  # fmt: skip
-    assert plain == cfg
+    assert plain == mse
+    # the demo's: the same two stages, smaller
+    demo = load(TrainConfig, CONFIG_DIR / "train-demo.yaml")
+    assert demo.pretrain == "train-demo-mse.yaml" and demo.loss == "crps" and demo.epochs == 0
+    assert load(TrainConfig, demo.pretrain).model == dataclasses.replace(demo.model, noise_length_scales_km=())
+    # the from-scratch recipe of the first science table: three one-step CRPS epochs, 120 batches
+    scratch = load(TrainConfig, CONFIG_DIR / "train-stochastic-16.yaml")
+    assert dataclasses.replace(scratch, epochs=0, finetune_max_batches=45, pretrain="train-mse.yaml") == default
     bad = tmp_path / "t.yaml"
     bad.write_text("channel_weights: {z500: heavy}\n")
     with pytest.raises(ConfigError, match=r"channel_weights.z500: expected float, got 'heavy'"):
@@ -77,6 +82,33 @@ def test_train_config_loads_with_nested_model_and_checked_weights(tmp_path):
     bad.write_text("model: {embed_dim: 8, depth: 3}\n")
     with pytest.raises(ConfigError, match=r"model: unknown keys \['depth'\]"):
         load(TrainConfig, bad)
+
+
+def test_a_two_stage_training_config_is_checked_with_its_first_stage(tmp_path):
+    from forecast.training.loop import TrainConfig
+
+    stochastic = "model: {noise_length_scales_km: [1000]}\nloss: crps\n"
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(stochastic + "pretrain: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"t.yaml: .*nowhere.yaml: no such file"):
+        load(TrainConfig, cfg)
+    first = tmp_path / "first.yaml"
+    first.write_text("epochs: many\n")
+    cfg.write_text(stochastic + f"pretrain: {first}\n")
+    with pytest.raises(ConfigError, match=r"first.yaml.epochs: expected int, got 'many'"):
+        load(TrainConfig, cfg)
+    first.write_text(f"pretrain: {CONFIG_DIR / 'train-mse.yaml'}\n")  # no chains: one first stage
+    with pytest.raises(ConfigError, match="must start from scratch"):
+        load(TrainConfig, cfg)
+    first.write_text("model: {embed_dim: 32}\n")  # a copy of train.yaml made wider, say, and not its pretrain
+    with pytest.raises(ConfigError, match=r"another architecture \(its, this\): \{'embed_dim': \(32, 48\)\}"):
+        load(TrainConfig, cfg)
+    first.write_text("epochs: 1\n")
+    cfg.write_text(stochastic + f"pretrain: {first}\ninit_weights: some/package\n")
+    with pytest.raises(ConfigError, match="pretrain and init_weights"):
+        load(TrainConfig, cfg)
+    cfg.write_text(stochastic + f"pretrain: {first}\n")
+    assert load(TrainConfig, cfg).pretrain == str(first)
 
 
 def test_ensemble_config_is_the_engine_default_and_is_checked(tmp_path):

@@ -205,3 +205,39 @@ def test_crps_training_from_an_mse_checkpoint_starts_from_its_weights(world_arch
     assert warm["history"][0]["valid_loss"] < 0.8 * scratch["history"][0]["valid_loss"]
     _, config = load_package(tmp_path / "warm")
     assert config["training"]["config"]["init_weights"] == world_packages[0]
+
+
+def test_a_two_stage_training_is_its_first_stage_then_a_warm_start_from_it(world_archive, tmp_path):
+    """`pretrain` (the default checkpoint's recipe) trains the first stage into OUT/.pretrain
+    and starts the second from it: bit for bit what training the first stage alone and then
+    the second with init_weights gives (what benchmarks/science_world.py relies on when it
+    starts the CRPS checkpoints from its MSE ones instead of training each MSE stage twice).
+    A rerun does not train a complete first stage again."""
+    from safetensors.torch import load_file
+
+    from forecast.config import load
+
+    first = tmp_path / "first.yaml"
+    first.write_text("model: {embed_dim: 8, num_layers: 2}\nepochs: 1\nfinetune_epochs: 0\n"
+                     "max_batches_per_epoch: 5\nbatch_size: 4\nskill_inits: 4\n")  # fmt: skip
+    second = dataclasses.replace(SMALL_CRPS, max_batches_per_epoch=4, pretrain=str(first))
+    two = train(world_archive, tmp_path / "two", seed=5, cfg=second, device="cpu")
+    train(world_archive, tmp_path / "alone", seed=5, cfg=load(TrainConfig, first), device="cpu")
+    chained = dataclasses.replace(second, pretrain=None, init_weights=str(tmp_path / "alone"))
+    train(world_archive, tmp_path / "chained", seed=5, cfg=chained, device="cpu")
+
+    def weights(path):
+        return load_file(f"{path}/weights.safetensors")
+
+    for a, b in ((tmp_path / "two" / ".pretrain", tmp_path / "alone"), (tmp_path / "two", tmp_path / "chained")):
+        wa, wb = weights(a), weights(b)
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), (a, b)
+    assert set(weights(tmp_path / "two")) - set(weights(tmp_path / "alone"))  # the second stage's FiLM
+    _, config = load_package(tmp_path / "two")
+    assert config["training"]["config"]["pretrain"] == str(first)
+    assert config["training"]["pretraining"]["package"] == str(tmp_path / "two" / ".pretrain")
+    assert load_package(tmp_path / "two" / ".pretrain")[1]["training"]["config"]["loss"] == "mse"
+    marker = tmp_path / "two" / ".pretrain" / "skill.json"
+    stamp = marker.stat().st_mtime_ns
+    again = train(world_archive, tmp_path / "two", seed=5, cfg=second, device="cpu")
+    assert marker.stat().st_mtime_ns == stamp and again["history"] == two["history"]

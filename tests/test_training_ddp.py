@@ -1,5 +1,6 @@
 """`forecast train` under torchrun with two CPU processes (gloo): ranks end with identical
-weights and the loss goes down."""
+weights and the loss goes down, in both stages of a two-stage (MSE, then CRPS) training: the
+first stage leaves its process group and the second joins a new one."""
 
 from __future__ import annotations
 
@@ -11,11 +12,17 @@ from pathlib import Path
 
 
 def test_two_process_training_keeps_ranks_identical(world_archive, tmp_path):
+    first = tmp_path / "first.yaml"
+    periods = "train_end: '2001-10-31T18'\nvalid_start: '2001-11-01T00'\nskill_inits: 4\n"
+    first.write_text(
+        "model: {embed_dim: 16, num_layers: 1}\nepochs: 3\nfinetune_epochs: 0\nbatch_size: 4\n"
+        "max_batches_per_epoch: 8\nlr: 0.003\nwarmup_steps: 3\n" + periods
+    )
     config = tmp_path / "t.yaml"
     config.write_text(
-        "model: {embed_dim: 16, num_layers: 1}\nepochs: 3\nfinetune_epochs: 0\nbatch_size: 4\n"
-        "max_batches_per_epoch: 8\nlr: 0.003\nwarmup_steps: 3\ntrain_end: '2001-10-31T18'\n"
-        "valid_start: '2001-11-01T00'\nskill_inits: 4\n"
+        "model: {embed_dim: 16, num_layers: 1, noise_length_scales_km: [2000]}\nloss: crps\n"
+        f"pretrain: {first}\nepochs: 1\nfinetune_epochs: 0\nbatch_size: 2\nmax_batches_per_epoch: 3\n"
+        "input_noise: 0.0\n" + periods
     )
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
@@ -49,10 +56,12 @@ def test_two_process_training_keeps_ranks_identical(world_archive, tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    training = json.loads((out / "config.json").read_text())["training"]
-    assert training["ranks"] == 2
-    digests = training["rank_weight_digests"]
-    assert len(digests) == 2 and digests[0] == digests[1]
-    history = training["history"]
+    stages = [json.loads((path / "config.json").read_text())["training"] for path in (out / ".pretrain", out)]
+    for training in stages:
+        assert training["ranks"] == 2
+        digests = training["rank_weight_digests"]
+        assert len(digests) == 2 and digests[0] == digests[1]
+    assert stages[1]["config"]["loss"] == "crps" and stages[1]["pretraining"]["config"] == str(first)
+    history = stages[0]["history"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert history[-1]["valid_loss"] < history[0]["valid_loss"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -29,6 +30,25 @@ def test_batch_bounds_are_checked_on_load():
     cfg = TrainConfig(epochs=2, max_batches_per_epoch=7, finetune_max_batches=3)
     assert [cfg.max_batches(e) for e in range(3)] == [7, 7, 3]
     assert TrainConfig(epochs=1, max_batches_per_epoch=7).max_batches(1) == 7  # None: the one-step bound
+
+
+def test_a_validation_sample_leaves_the_weights_as_they_are(small_archive, tmp_path):
+    """max_valid_batches bounds each epoch's validation loss to a sample of the period: the
+    weights are those of a training validated on all of it, bit for bit."""
+    cfg = TrainConfig(
+        model=TINY, epochs=2, finetune_epochs=0, batch_size=2, max_batches_per_epoch=3, warmup_steps=2,
+        train_end="2020-01-09T00", valid_start="2020-01-09T06", max_valid_batches=None, skill_inits=2,
+    )  # fmt: skip
+    whole = train(small_archive, tmp_path / "whole", seed=2, cfg=cfg, device="cpu")
+    sample = train(small_archive, tmp_path / "sample", seed=2, cfg=replace(cfg, max_valid_batches=2), device="cpu")
+    assert [h["valid_batches"] for h in whole["history"]] == [7, 7]  # 15 validation steps, pairs
+    assert [h["valid_batches"] for h in sample["history"]] == [2, 2]
+    assert [h["train_loss"] for h in whole["history"]] == [h["train_loss"] for h in sample["history"]]
+    a = load_file(str(tmp_path / "whole" / "weights.safetensors"))
+    b = load_file(str(tmp_path / "sample" / "weights.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="max_valid_batches must be >= 1"):
+        TrainConfig(max_valid_batches=0)
 
 
 def test_learning_rate_warms_up_then_decays():

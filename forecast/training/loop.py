@@ -1,4 +1,6 @@
-"""Train one SFNO checkpoint from scratch on the archive, resumably.
+"""Train one SFNO checkpoint on the archive, resumably: from scratch, from a package's weights
+(`init_weights`), or in two stages (`pretrain`: a first config trained into OUT/.pretrain, whose
+weights start this one; the default stochastic checkpoint is an MSE one fine-tuned on the CRPS).
 
 AdamW with linear warm-up and cosine decay (a pure function of the step, so nothing but the
 step count needs saving), gradient clipping, an area-weighted loss in units of each channel's
@@ -66,6 +68,10 @@ class TrainConfig:
     # ~16 one-step batches, so this is what keeps a long fine-tuning within a time budget
     finetune_max_batches: int | None = None
     skill_inits: int = 32  # validation initial times scored for skill.json
+    # the epoch's validation loss over at most this many batches, a seeded shuffle of the whole
+    # validation period (the same every epoch; None: all of it). It never touches the weights;
+    # over a year of validation, all of it took 15-40 s an epoch on 2 cores.
+    max_valid_batches: int | None = 32
     input_noise: float = 1.0  # training inputs get N(0, (input_noise x one-step difference std)²) noise
     # "mse", or "crps": the almost-fair CRPS (forecast.training.crps) of `ensemble_members`
     # members stepped from each initial state with their own model noise (a stochastic
@@ -77,6 +83,11 @@ class TrainConfig:
     # a model package whose network weights start this training (forecast.model.package.warm_start),
     # e.g. an MSE checkpoint of the same architecture for a CRPS one; None: a fresh initialisation
     init_weights: str | None = None
+    # a training config (a path, or the name of a shipped one) trained first, with this seed and
+    # these periods, into OUT/.pretrain, whose weights then start this training: the default
+    # stochastic checkpoint is an MSE checkpoint fine-tuned on the CRPS (issue #13). The first
+    # stage is validated with this config and kept beside the package for a resumed run.
+    pretrain: str | None = None
 
     def __post_init__(self):
         if self.loss not in ("mse", "crps"):
@@ -91,9 +102,24 @@ class TrainConfig:
             raise ValueError(f"spectral_crps_weight must be >= 0, and > 0 needs loss crps: {self.spectral_crps_weight}")
         if not 2 <= self.finetune_rollout_steps <= 16 and self.finetune_epochs:
             raise ValueError(f"finetune_rollout_steps must be 2..16, got {self.finetune_rollout_steps}")
-        for key in ("max_batches_per_epoch", "finetune_max_batches"):
+        for key in ("max_batches_per_epoch", "finetune_max_batches", "max_valid_batches"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1 or null (no bound), got {getattr(self, key)}")
+        if self.pretrain is not None:
+            if self.init_weights is not None:
+                raise ValueError("pretrain and init_weights both choose the starting weights: give one")
+            from forecast.config import load
+
+            first = load(TrainConfig, self.pretrain)  # validated now, not after an hour of training
+            if first.pretrain is not None or first.init_weights is not None:
+                raise ValueError(f"pretrain {self.pretrain!r} must start from scratch: it has pretrain or init_weights")
+            noise = ("noise_length_scales_km", "noise_correlation_hours")
+            ours, theirs = (
+                {k: v for k, v in dataclasses.asdict(m).items() if k not in noise} for m in (self.model, first.model)
+            )
+            if ours != theirs:  # found now, not by warm_start after the first stage has trained
+                differ = {k: (theirs[k], ours[k]) for k in ours if ours[k] != theirs[k]}
+                raise ValueError(f"pretrain {self.pretrain!r} has another architecture (its, this): {differ}")
         if not 0 <= self.input_noise < 5:
             raise ValueError(
                 f"input_noise is in units of the one-step difference std: 0 <= it < 5, got {self.input_noise}"
@@ -239,6 +265,30 @@ def _load_state(work: Path, model: ForecastModel, optimizer: torch.optim.Optimiz
 # -- the loop ----------------------------------------------------------------------------------
 
 
+PRETRAIN_DIR = ".pretrain"
+
+
+def _pretrain(
+    archive: str, out: Path, seed: int, cfg: TrainConfig, device: str | None, progress_bar: bool
+) -> tuple[str, dict]:
+    """Train `cfg.pretrain` (same seed, same periods) into OUT/.pretrain unless a complete
+    package is there; return its path and what the package records of it. Its skill.json is
+    written last, so it marks a complete first stage: an interrupted one resumes from its own
+    .train state. Under torchrun every rank trains it (it sets up and leaves its own process
+    group); the ranks other than 0 return before rank 0 has scored and saved it, and wait for
+    it in the next stage's rendezvous."""
+    from forecast.config import load
+
+    first = load(TrainConfig, cfg.pretrain)
+    periods = ("train_start", "train_end", "valid_start", "valid_end")
+    first = dataclasses.replace(first, **{k: getattr(cfg, k) for k in periods})
+    path = out / PRETRAIN_DIR
+    if not (path / "skill.json").is_file():
+        log.info("%s: first stage, %s, into %s", out, cfg.pretrain, path)
+        train(archive, path, seed, first, device, progress_bar=progress_bar)
+    return str(path), {"config": cfg.pretrain, "package": str(path)}
+
+
 def train(
     archive: str,
     out: str | Path,
@@ -255,6 +305,9 @@ def train(
     all epochs with the running loss (on the main rank)."""
     out = Path(out)
     work = out / ".train"
+    start_from, pretraining = cfg.init_weights, None
+    if cfg.pretrain is not None:
+        start_from, pretraining = _pretrain(archive, out, seed, cfg, device, progress_bar)
     source = Archive.open(str(archive))
     step_hours = source.time_step_hours  # the model steps as the archive does
     lead_steps(LEADS_HOURS, step_hours)  # a step that skill.json cannot be scored at fails now, not after training
@@ -262,9 +315,9 @@ def train(
     with _INIT_LOCK:  # the global RNG: checkpoints trained in threads must not interleave here
         torch.manual_seed(seed)
         model, static = model_from_archive(archive, cfg.model)
-    if cfg.init_weights is not None:
-        fresh = warm_start(model, cfg.init_weights)
-        log.info("%s starts from the weights of %s (fresh: %d FiLM tensors)", out, cfg.init_weights, len(fresh))
+    if start_from is not None:
+        fresh = warm_start(model, start_from)
+        log.info("%s starts from the weights of %s (fresh: %d FiLM tensors)", out, start_from, len(fresh))
     model.to(dev)
     if cfg.loss == "crps":
         loss_fn = CRPSLoss(model, cfg.channel_weights, cfg.crps_alpha, cfg.spectral_crps_weight, cfg.model.grid)
@@ -285,6 +338,7 @@ def train(
         return min(n, bound) if bound else n
 
     total_steps = sum(batches_in(e) for e in range(cfg.total_epochs))
+    valid_bound = -(-cfg.max_valid_batches // ranks.world_size) if cfg.max_valid_batches else len(valid)
     progress = _load_state(work, model, optimizer) or {"epoch": -1, "step": 0, "history": []}
     # Several ranks: DDP broadcasts rank 0's weights now and averages gradients in backward.
     # `model` stays the unwrapped module (checkpoints, validation, scoring).
@@ -325,14 +379,16 @@ def train(
             vb = valid.batches(cfg.batch_size, seed=0, rank=ranks.rank, world_size=ranks.world_size)
             vl = [
                 float(_rollout_loss(model, loss_fn, b, dev, autocast, step_hours, noise_seed=i, members=members))
-                for i, b in enumerate(vb)
+                for i, b in zip(range(valid_bound), vb, strict=False)
             ]
+            vb.close()
         record = {
             "epoch": epoch,
             "rollout_steps": data.rollout_steps,
             "batches": len(losses),
             "train_loss": distributed.global_mean(float(np.sum(losses)), len(losses), ranks),
             "valid_loss": distributed.global_mean(float(np.sum(vl)), len(vl), ranks),
+            "valid_batches": len(vl),  # on this rank
             "seconds": round(time.perf_counter() - start, 2),
         }
         progress["history"].append(record)
@@ -352,6 +408,7 @@ def train(
         "valid_period": [cfg.valid_start, cfg.valid_end],
         "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
         "history": progress["history"],
+        "pretraining": pretraining,
         "ranks": ranks.world_size,
         # Identical on every rank, or data-parallel training went wrong.
         "rank_weight_digests": distributed.weight_digests(model.net, ranks),
