@@ -147,15 +147,23 @@ def test_installed_cli_runs_the_chain_on_its_shipped_configs(installed, tmp_path
     assert archive.attrs["contract"] == "forecast-archive/1" and len(archive.times) == 124
     assert str(archive.times[0])[:13] == "2000-01-01T00"  # world.yaml: start_year 2000, seed 0
     train = [cli, "-q", "train", "--archive", "archive.zarr", "--device", "cpu"]
-    demo = ["--config", "train-demo.yaml"]  # a shipped config by its name
-    _run([*train, "--seed", "0", "--out", "pkg0"], env, work)
+    demo = ["--config", "train-demo.yaml"]  # a shipped config by its name, whose pretrain is another
+    # The default train.yaml is train-mse.yaml's two stages at full size (its --config default is
+    # checked above): here the MSE config by name, and the demo's two stages, whose first stage
+    # is found by its name among the installed configs too.
+    _run([*train, "--seed", "0", "--out", "pkg0", "--config", "train-mse.yaml"], env, work)
     _run([*train, "--seed", "1", "--out", "pkg1", *demo], env, work)
-    for pkg, config in (("pkg0", "train.yaml"), ("pkg1", "train-demo.yaml")):
+    for pkg, config in (
+        ("pkg0", "train-mse.yaml"),
+        ("pkg1", "train-demo.yaml"),
+        ("pkg1/.pretrain", "train-demo-mse.yaml"),
+    ):
         cfg = load(TrainConfig, CONFIG_DIR / config)
         model, meta = load_package(work / pkg, channels=archive.channels, time_step_hours=6)
-        assert meta["architecture"]["embed_dim"] == cfg.model.embed_dim and meta["seed"] == int(pkg[-1])
+        assert meta["architecture"]["embed_dim"] == cfg.model.embed_dim and meta["seed"] == int(pkg[3])
         recorded = meta["training"]["config"]
         assert (recorded["epochs"], recorded["max_batches_per_epoch"]) == (cfg.epochs, cfg.max_batches_per_epoch)
+        assert (recorded["loss"], recorded["pretrain"]) == (cfg.loss, cfg.pretrain)
         assert (work / pkg / "skill.json").is_file()
     run = ["run", "--archive", "archive.zarr", "--packages", "pkg0", "pkg1", "--init-time", "2000-01-20T00"]
     _run([cli, "-q", *run, "--perturbations", "2", "--lead-hours", "24", "--out", "fc.zarr", "--device", "cpu"],

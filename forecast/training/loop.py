@@ -276,7 +276,7 @@ def _pretrain(
     written last, so it marks a complete first stage: an interrupted one resumes from its own
     .train state. Under torchrun every rank trains it (it sets up and leaves its own process
     group); the ranks other than 0 return before rank 0 has scored and saved it, and wait for
-    it in the next stage's rendezvous."""
+    it in a barrier of the next stage's group."""
     from forecast.config import load
 
     first = load(TrainConfig, cfg.pretrain)
@@ -312,6 +312,8 @@ def train(
     step_hours = source.time_step_hours  # the model steps as the archive does
     lead_steps(LEADS_HOURS, step_hours)  # a step that skill.json cannot be scored at fails now, not after training
     ranks, dev = distributed.setup(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    if cfg.pretrain is not None:  # joining the group does not wait for rank 0: its first stage must be saved
+        distributed.barrier(ranks)
     with _INIT_LOCK:  # the global RNG: checkpoints trained in threads must not interleave here
         torch.manual_seed(seed)
         model, static = model_from_archive(archive, cfg.model)
