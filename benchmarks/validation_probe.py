@@ -5,8 +5,8 @@ year.
 Trains one checkpoint (seed 0 by default) on 2000-2001 with `configs/train.yaml` (both stages)
 and the overrides given, runs it from the 4 validation init times of `science_world.py`
 (16 members of model noise only, no bred vectors: what the training alone gives), and prints
-the area-mean fair CRPS, the spread-skill ratio and the member power at l >= 8 over the
-analysis's per channel at days 1, 3, 5, 10, 15, and the training time. A package already
+the area-mean fair CRPS, the spread-skill ratio, the ensemble-mean RMSE and the member power at
+l >= 8 over the analysis's per channel at days 1, 3, 5, 10, 15, and the training time. A package already
 trained under --work is reused.
 
     python benchmarks/validation_probe.py --archive ARCHIVE --work DIR --name roll16 \
@@ -72,6 +72,12 @@ def main() -> None:
     power = spectra.member_mean_spectrum.sum("l").mean("init_time") / spectra.verification_spectrum.sum("l").mean(
         "init_time"
     )
+    # ensemble-mean RMSE, squares averaged over init times before the root (the table's)
+    rmse = np.sqrt(
+        (open_forecast(store).sel(channel=list(CHANNELS), lead_time=list(LEADS)).ensemble_mean_rmse ** 2).mean(
+            "init_time"
+        )
+    )
     result = {
         "name": args.name,
         "overrides": overrides,
@@ -81,6 +87,7 @@ def main() -> None:
             c: {
                 **{k: np.nanmean(scores[c][k], 0).round(3).tolist() for k in ("crps", "ssr")},  # mean over inits
                 "power_l8": power.sel(channel=c).values.round(3).tolist(),
+                "rmse": rmse.sel(channel=c).values.round(3).tolist(),
             }
             for c in CHANNELS
         },

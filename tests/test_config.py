@@ -57,11 +57,13 @@ def test_train_config_loads_with_nested_model_and_checked_weights(tmp_path):
     mse = load(TrainConfig, CONFIG_DIR / "train-mse.yaml")
     assert mse.model.grid == "equiangular" and mse.finetune_rollout_steps == 4 and mse.loss == "mse"
     # the default checkpoint is train-mse.yaml's network with model noise, fine-tuned on the CRPS
-    # with its spectral term over 45 16-step (4-day) batches, nothing else
+    # with its spectral term over one one-step epoch of 120 batches and 45 16-step (4-day)
+    # batches, nothing else
     default = load(TrainConfig, CONFIG_DIR / "train.yaml")
     assert default.pretrain == "train-mse.yaml" and load(TrainConfig, default.pretrain) == mse
     assert default.loss == "crps" and default.model.stochastic and default.finetune_rollout_steps == 16
-    assert (default.epochs, default.max_batches(0), default.spectral_crps_weight) == (0, 45, 0.1)
+    assert (default.epochs, default.max_batches(0), default.max_batches(1)) == (1, 120, 45)
+    assert default.spectral_crps_weight == 0.1
     plain_model = dataclasses.replace(default.model, noise_length_scales_km=())
     plain = dataclasses.replace(
         default, loss="mse", model=plain_model, finetune_rollout_steps=4, finetune_max_batches=None,
@@ -71,10 +73,11 @@ def test_train_config_loads_with_nested_model_and_checked_weights(tmp_path):
     # the demo's: the same two stages, smaller
     demo = load(TrainConfig, CONFIG_DIR / "train-demo.yaml")
     assert demo.pretrain == "train-demo-mse.yaml" and demo.loss == "crps" and demo.epochs == 0
+    assert (demo.max_batches(0), load(TrainConfig, demo.pretrain).finetune_epochs) == (20, 0)
     assert load(TrainConfig, demo.pretrain).model == dataclasses.replace(demo.model, noise_length_scales_km=())
     # the from-scratch recipe of the first science table: three one-step CRPS epochs, 120 batches
     scratch = load(TrainConfig, CONFIG_DIR / "train-stochastic-16.yaml")
-    assert dataclasses.replace(scratch, epochs=0, finetune_max_batches=45, pretrain="train-mse.yaml") == default
+    assert dataclasses.replace(scratch, epochs=1, finetune_max_batches=45, pretrain="train-mse.yaml") == default
     bad = tmp_path / "t.yaml"
     bad.write_text("channel_weights: {z500: heavy}\n")
     with pytest.raises(ConfigError, match=r"channel_weights.z500: expected float, got 'heavy'"):
