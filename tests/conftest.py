@@ -6,6 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
@@ -41,6 +42,18 @@ def tree_digest(path: Path) -> dict[str, str]:
         for p in sorted(path.rglob("*"))
         if p.is_file()
     }
+
+
+def assert_close_per_channel(actual, expected, factor: float, channel_axis: int) -> None:
+    """|actual - expected| <= factor x max |expected| of the same channel, everywhere: each
+    channel is held to its own scale (q at 1e-3 kg/kg is not judged on z's 5e4 m2/s2)."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    others = tuple(i for i in range(expected.ndim) if i != channel_axis % expected.ndim)
+    scale = np.abs(expected).max(axis=others, keepdims=True)
+    error = np.abs(actual - expected).max(axis=others, keepdims=True)
+    worst = (error / np.where(scale > 0, scale, 1.0)).ravel()
+    assert (error <= factor * scale).all(), f"max error / channel scale per channel: {worst}, allowed {factor}"
 
 
 @pytest.fixture(scope="session")
