@@ -50,8 +50,7 @@ def optional(path: Path, lines: list[str]) -> None:
     text = path.read_text()
     for line in lines:
         assert line + "\n" in text, (path, line)  # another torch-harmonics: look again
-        body = "".join(f"    {part}\n" for part in line.split("\n"))
-        text = text.replace(line + "\n", f"try:  # benchmarks/gpu_kit.sh\n{body}except ImportError:\n    pass\n")
+        text = text.replace(line + "\n", f"try:  # benchmarks/gpu_kit.sh\n    {line}\nexcept ImportError:\n    pass\n")
     path.write_text(text)
 
 
