@@ -19,7 +19,8 @@ def calibration_markdown(result: dict) -> str:
         f"# Calibration on {len(result['init_times'])} validation init times",
         "",
         f"Objective: {result['objective']}, lead days {result['lead_days']}. "
-        f"Best common amplitude {result['amplitude']:.3g} x the 48-hour RMSE.",
+        f"Best common amplitude {result['amplitude']:.3g} x the 48-hour RMSE; the CRPS (common) column is "
+        f"the sweep's run at the best single candidate, {result['common_candidate']:.3g}.",
         "",
         "| channel | amplitude | CRPS (chosen) | CRPS (common) | SSR (chosen) |",
         "|---|---|---|---|---|",

@@ -188,7 +188,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     )
     took = time.perf_counter() - start
     print(f"{args.out}: {len(inits)} init times, {len(result['candidates'])} amplitudes, {took:.0f} s")
-    print(f"  common amplitude {result['amplitude']:.3g}; per channel:")
+    print(
+        f"  common amplitude {result['amplitude']:.3g}; per channel (CRPS beside the best single candidate, "
+        f"{result['common_candidate']:.3g}):"
+    )
     for c, a in result["channel_amplitudes"].items():
         chosen, common = result["chosen"][c], result["common"][c]
         print(f"    {c:>8} {a:6.3g}  CRPS {chosen['crps']:.4g} (common {common['crps']:.4g})  SSR {chosen['ssr']:.2f}")

@@ -105,7 +105,7 @@ def prefect_server():
     """A real temporary Prefect server (about 12 s to start), shared by the flow tests."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=300):  # a bound on a hang, not a speed check
         yield
 
 

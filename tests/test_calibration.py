@@ -70,6 +70,21 @@ def test_calibration_file_records_the_choice_and_its_evidence(calibrated, world_
     assert sorted(data["packages"]) == sorted(p.split("/")[-1] for p in world_packages)
 
 
+def test_common_yardstick_is_the_sweeps_best_single_candidate(calibrated):
+    """`common` is the sweep's own run at the candidate with the lowest objective averaged
+    over the channels: its CRPS and SSR are the sweep's at that candidate, not a run of its own."""
+    _, result = calibrated
+    sweep = result["sweep"]
+    total = np.mean([sweep[c]["objective"] for c in sweep], axis=0)
+    best = int(np.argmin(total))
+    assert result["common_candidate"] == CANDIDATES[best]
+    for c in sweep:
+        assert result["common"][c]["crps"] == pytest.approx(sweep[c]["crps"][best], rel=1e-12), c
+        assert result["common"][c]["ssr"] == pytest.approx(sweep[c]["ssr"][best], rel=1e-12), c
+    # the parabola's common amplitude lies within the best candidate's neighbours
+    assert CANDIDATES[max(best - 1, 0)] <= result["amplitude"] <= CANDIDATES[min(best + 1, len(CANDIDATES) - 1)]
+
+
 def test_sweep_scores_are_those_of_a_plain_run_at_that_amplitude(calibrated, world_archive, world_packages, tmp_path):
     _, result = calibrated
     run = RunSettings(

@@ -16,7 +16,17 @@ import xarray as xr
 import zarr
 
 from forecast.diagnostics import efi, sot
-from forecast.diagnostics.mclimate import LEVELS, build_mclimate, load_mclimate, side_store_path
+from forecast.diagnostics.mclimate import (
+    LEVELS,
+    _local_root,
+    _read_local_rows,
+    _read_ranged_rows,
+    _read_rows,
+    build_mclimate,
+    load_mclimate,
+    pooled_quantiles,
+    side_store_path,
+)
 from forecast.diagnostics.verify import extremes_by_tile
 from forecast.ensemble.members import Layout
 from forecast.ensemble.store import ForecastStore
@@ -262,3 +272,53 @@ def test_memory_is_one_lead_tile_not_the_pool(tmp_path):
     pooled = pooled.reshape(-1, channels, 5, nlon)
     want = np.moveaxis(np.quantile(pooled.astype(np.float64), LEVELS, axis=0).astype(np.float32), 0, 1)
     np.testing.assert_array_equal(clim.isel(lead_time=1, lat=slice(90, 95)).values, want)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 16, 129])
+def test_pooled_quantiles_are_numpys_bit_for_bit(n):
+    """One sort per point and numpy's interpolation formula: the same float64 values as
+    np.quantile (linear), for pools too small to have every order statistic, with ties
+    (rounded values, as dry precipitation) and NaN (the whole point NaN, as numpy)."""
+    rng = np.random.default_rng(n)
+    x = rng.normal(0.0, 3.0, (n, 4, 7, 9)).astype(np.float32)
+    x[:, 1] = np.maximum(np.round(x[:, 1]), 0.0)  # ties and a floor of zeros
+    x[:, 2, 0, 0] = 5.0  # the whole pool one value
+    x[n // 2, 3, 2, 2] = np.nan
+    x[:, 3, 4, 4] = np.inf if n > 1 else x[:, 3, 4, 4]
+    got = pooled_quantiles(x)
+    with np.errstate(invalid="ignore"):
+        want = np.quantile(x.astype(np.float64), LEVELS, axis=0)
+    assert got.shape == want.shape == (101, 4, 7, 9) and got.dtype == np.float64
+    np.testing.assert_array_equal(got, want)
+    assert np.isnan(got[:, 3, 2, 2]).all() and np.isfinite(got[:, 3, 3, 3]).all()
+
+
+def test_local_preads_equal_byte_ranges_and_zarrs_selection(tmp_path):
+    """The three ways rows are read (pread on a local store, byte-range gets through the
+    store, zarr's own decoding) give the same values; a chunk never written reads as NaN
+    (the fill value); a truncated chunk file is an error naming it."""
+    path = write_hindcasts(tmp_path / "h.zarr", ["2001-11-18T00", "2001-11-22T00"], 17, 12, seed=4)
+    fields = zarr.open_group(path, mode="r")["fields"]
+    root = _local_root(fields)
+    assert root == Path(path) / "fields"
+    members = np.arange(fields.shape[1])
+    gone = root / fields.metadata.encode_chunk_key((1, 2, 3, 0, 0, 0))
+    gone.unlink()  # member 2 of init 1 at lead 3: never written
+    for init, lead, rows in ((0, 1, slice(0, 17)), (1, 3, slice(5, 13)), (1, 0, slice(16, 17))):
+        want = np.asarray(fields.get_orthogonal_selection((init, members, lead, slice(None), rows)), np.float32)
+        a, b, _ = rows.indices(17)
+        keys = [fields.metadata.encode_chunk_key((init, int(m), lead, 0, 0, 0)) for m in members]
+        starts = [((c * 17 + a) * 12) * 4 for c in range(len(CHANNELS))]
+        for reader in (_read_local_rows, None):
+            out = np.full_like(want, np.nan)
+            if reader is None:
+                _read_ranged_rows(fields, keys, starts, (b - a) * 12 * 4, np.dtype("<f4"), out)
+            else:
+                reader(root, keys, starts, (b - a) * 12 * 4, np.dtype("<f4"), out)
+            np.testing.assert_array_equal(out, want)
+        np.testing.assert_array_equal(_read_rows(fields, init, members, lead, rows), want)
+    assert np.isnan(_read_rows(fields, 1, members, 3, slice(0, 17))[2]).all()
+    damaged = root / fields.metadata.encode_chunk_key((0, 1, 2, 0, 0, 0))
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with pytest.raises(OSError, match=f"{damaged}.*a damaged chunk"):
+        _read_rows(fields, 0, members, 2, slice(8, 17))

@@ -5,6 +5,7 @@ regenerated bit for bit; bred vectors that do not depend on their block."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -238,6 +239,12 @@ def test_a_two_stage_training_is_its_first_stage_then_a_warm_start_from_it(world
     assert config["training"]["pretraining"]["package"] == str(tmp_path / "two" / ".pretrain")
     assert load_package(tmp_path / "two" / ".pretrain")[1]["training"]["config"]["loss"] == "mse"
     marker = tmp_path / "two" / ".pretrain" / "skill.json"
+    # the first stage is scored as the same weights trained alone, but without the 15-day
+    # stability rollout (only the final package runs); the final package has it
+    skill = {k: json.loads((tmp_path / k / "skill.json").read_text()) for k in ("two/.pretrain", "alone", "two")}
+    assert skill["two/.pretrain"]["rmse"] == skill["alone"]["rmse"]
+    assert skill["two/.pretrain"]["rollout_15d"]["skipped"] and "skipped" not in skill["alone"]["rollout_15d"]
+    assert skill["two"]["rollout_15d"]["finite"] and "skipped" not in skill["two"]["rollout_15d"]
     stamp = marker.stat().st_mtime_ns
     again = train(world_archive, tmp_path / "two", seed=5, cfg=second, device="cpu")
     assert marker.stat().st_mtime_ns == stamp and again["history"] == two["history"]

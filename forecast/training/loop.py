@@ -285,7 +285,8 @@ def _pretrain(
     path = out / PRETRAIN_DIR
     if not (path / "skill.json").is_file():
         log.info("%s: first stage, %s, into %s", out, cfg.pretrain, path)
-        train(archive, path, seed, first, device, progress_bar=progress_bar)
+        # no 15-day stability rollout for these weights: only the final package is run
+        train(archive, path, seed, first, device, progress_bar=progress_bar, score_stability=False)
     return str(path), {"config": cfg.pretrain, "package": str(path)}
 
 
@@ -297,12 +298,14 @@ def train(
     device: str | None = None,
     stop_after_epoch: int | None = None,
     progress_bar: bool = False,
+    score_stability: bool = True,
 ) -> dict:
     """Train (or resume) one checkpoint; write the model package to `out`. Returns the history.
 
     `stop_after_epoch` ends the run early after that epoch (its state saved), as an
     interruption would; a second call resumes. `progress_bar` shows the optimizer steps of
-    all epochs with the running loss (on the main rank)."""
+    all epochs with the running loss (on the main rank). `score_stability=False` leaves the
+    15-day stability rollout out of skill.json (a first stage's)."""
     out = Path(out)
     work = out / ".train"
     start_from, pretraining = cfg.init_weights, None
@@ -422,7 +425,14 @@ def train(
         return progress
     climatology = climatology_map(archive, cfg.train_start, cfg.train_end)
     skill = score(
-        model, archive, cfg.valid_start, cfg.valid_end, climatology, max_inits=cfg.skill_inits, step_hours=step_hours
+        model,
+        archive,
+        cfg.valid_start,
+        cfg.valid_end,
+        climatology,
+        max_inits=cfg.skill_inits,
+        step_hours=step_hours,
+        stability=score_stability,
     )
     save_package(
         model,

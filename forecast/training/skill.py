@@ -115,10 +115,13 @@ def score(
     max_inits: int = 32,
     batch_size: int = 8,
     step_hours: int | None = None,
+    stability: bool = True,
 ) -> dict:
     """RMSE per channel and lead for the model, persistence and climatology. The model steps
     `step_hours` (default: the archive's time step) from each initial time; errors are summed
-    step by step, so memory is a batch of fields whatever the grid."""
+    step by step, so memory is a batch of fields whatever the grid. `stability=False` skips
+    the 15-day rollout (`rollout_15d` then says why): for a first training stage, whose
+    weights only start the next one, which is checked."""
     if step_hours is None:
         step_hours = Archive.open(str(archive)).time_step_hours
     k_of = lead_steps(leads_hours, step_hours)
@@ -144,9 +147,12 @@ def score(
     for kind in ("model", "persistence", "climatology"):
         table = {h: errors.rmse((kind, h)) for h in leads_hours}
         out[kind] = {c: {str(h): float(table[h][j]) for h in leads_hours} for j, c in enumerate(model.channels)}
-    stability = rollout_stability(model, archive, valid_start, valid_end, climatology, step_hours=step_hours)
+    if stability:
+        rollout = rollout_stability(model, archive, valid_start, valid_end, climatology, step_hours=step_hours)
+    else:
+        rollout = {"days": STABILITY_DAYS, "skipped": "a first training stage: the final package is checked"}
     return {
-        "rollout_15d": stability,
+        "rollout_15d": rollout,
         "rmse": out["model"],
         "persistence": out["persistence"],
         "climatology": out["climatology"],
