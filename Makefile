@@ -5,11 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# pip's own byte-compiling runs on one core; compileall on both takes a minute less (this host
+# sets PYTHONDONTWRITEBYTECODE, so an uncompiled venv would import twice as slowly every time).
+# The leading '-': a file some package ships that does not compile must not fail the install.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# pip's own byte-compiling runs on one core; compileall on both takes a minute less. Leading
-	# '-': a file some package ships that does not compile must not fail the install.
 	$(BIN)/python -m pip install -q --no-compile -e '.[dev]'
 	-$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null
 	touch $(STAMP)

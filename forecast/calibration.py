@@ -193,7 +193,8 @@ def calibrate(
     if all(a == common_candidate for a in chosen.values()) and (not unnamed or round(common, 4) == common_candidate):
         confirm = at_common  # the per-channel choice is the best candidate everywhere: no second run
     else:
-        confirm_settings = dataclasses.replace(base, amplitude=common, channel_amplitudes=chosen)
+        # round(common, 4): the amplitude the file records and `apply_calibration` gives
+        confirm_settings = dataclasses.replace(base, amplitude=round(common, 4), channel_amplitudes=chosen)
         confirm = _sweep_scores(hindcasts("chosen", confirm_settings), have, leads)
     result = {
         "format": CALIBRATION_FORMAT,

@@ -178,7 +178,7 @@ def _read_local_rows(root: Path, keys: list[str], starts: list[int], size: int, 
         path = root / key
         try:
             fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:  # an unwritten chunk stays NaN (the fill value)
+        except (FileNotFoundError, NotADirectoryError):  # an unwritten chunk stays NaN (the fill value)
             continue
         try:
             for c, start in enumerate(starts):
@@ -214,7 +214,8 @@ def _read_ranged_rows(fields: zarr.Array, keys: list[str], starts: list[int], si
 
 
 def pooled_quantiles(samples: np.ndarray, levels: np.ndarray = LEVELS) -> np.ndarray:
-    """np.quantile(samples, levels, axis=0) (linear interpolation), bit for bit, in float64:
+    """np.quantile(samples, levels, axis=0) (linear interpolation), bit for bit up to the sign
+    of a zero (numpy may return -0.0 where this gives +0.0), in float64:
     one sort of each point's pool, then numpy's own interpolation formula (`_lerp`: from the
     lower neighbour below gamma 0.5, from the upper one from 0.5 on). Why not np.quantile:
     it partitions the pool once per distinct order statistic (up to 202 of them), several

@@ -274,9 +274,13 @@ def _pretrain(
     """Train `cfg.pretrain` (same seed, same periods) into OUT/.pretrain unless a complete
     package is there; return its path and what the package records of it. Its skill.json is
     written last, so it marks a complete first stage: an interrupted one resumes from its own
-    .train state. Under torchrun every rank trains it (it sets up and leaves its own process
-    group); the ranks other than 0 return before rank 0 has scored and saved it, and wait for
-    it in a barrier of the next stage's group."""
+    .train state. Under torchrun every rank trains it in the process group the next stage keeps
+    using; the ranks other than 0 return before rank 0 has scored and saved it and wait, outside
+    any collective (no NCCL timeout however long the scoring), for its skill.json. Why not leave
+    the group and join a new one for the next stage, as this did before: a re-created default
+    group reuses the first one's rendezvous keys in torchrun's store, and a rank that joins
+    first can read its peer's stale address (two-process CPU training failed so, about 3 runs
+    in 4 on 2026-12-06: "Connection reset by peer" in the next stage's first barrier)."""
     from forecast.config import load
 
     first = load(TrainConfig, cfg.pretrain)
@@ -286,8 +290,19 @@ def _pretrain(
     if not (path / "skill.json").is_file():
         log.info("%s: first stage, %s, into %s", out, cfg.pretrain, path)
         # no 15-day stability rollout for these weights: only the final package is run
-        train(archive, path, seed, first, device, progress_bar=progress_bar, score_stability=False)
+        train(archive, path, seed, first, device, progress_bar=progress_bar, score_stability=False, keep_group=True)
+        _wait_for_file(path / "skill.json")  # rank 0 wrote it already; the others wait for it
     return str(path), {"config": cfg.pretrain, "package": str(path)}
+
+
+def _wait_for_file(path: Path, timeout_s: float = 24 * 3600.0, poll_s: float = 1.0) -> None:
+    """Until `path` exists. If rank 0 fails instead, torchrun stops every rank; the timeout
+    only ends a wait that nothing else would."""
+    deadline = time.monotonic() + timeout_s
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path}: not written by rank 0 within {timeout_s:.0f} s")
+        time.sleep(poll_s)
 
 
 def train(
@@ -299,13 +314,15 @@ def train(
     stop_after_epoch: int | None = None,
     progress_bar: bool = False,
     score_stability: bool = True,
+    keep_group: bool = False,
 ) -> dict:
     """Train (or resume) one checkpoint; write the model package to `out`. Returns the history.
 
     `stop_after_epoch` ends the run early after that epoch (its state saved), as an
     interruption would; a second call resumes. `progress_bar` shows the optimizer steps of
     all epochs with the running loss (on the main rank). `score_stability=False` leaves the
-    15-day stability rollout out of skill.json (a first stage's)."""
+    15-day stability rollout out of skill.json (a first stage's). `keep_group` leaves the process
+    group (under torchrun) initialised at the end, for a next stage to train in (`_pretrain`)."""
     out = Path(out)
     work = out / ".train"
     start_from, pretraining = cfg.init_weights, None
@@ -315,7 +332,7 @@ def train(
     step_hours = source.time_step_hours  # the model steps as the archive does
     lead_steps(LEADS_HOURS, step_hours)  # a step that skill.json cannot be scored at fails now, not after training
     ranks, dev = distributed.setup(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
-    if cfg.pretrain is not None:  # joining the group does not wait for rank 0: its first stage must be saved
+    if cfg.pretrain is not None:  # every rank has seen the first stage's package (`_pretrain`)
         distributed.barrier(ranks)
     with _INIT_LOCK:  # the global RNG: checkpoints trained in threads must not interleave here
         torch.manual_seed(seed)
@@ -420,7 +437,9 @@ def train(
     }
     # The digests were the last collective: leave the process group now, so the other ranks
     # do not wait in a barrier (and trip a NCCL timeout) while rank 0 scores the checkpoint.
-    distributed.teardown(ranks, wait=False)
+    # A first stage keeps it for the next; its other ranks wait outside it (`_pretrain`).
+    if not keep_group:
+        distributed.teardown(ranks, wait=False)
     if not ranks.is_main:
         return progress
     climatology = climatology_map(archive, cfg.train_start, cfg.train_end)
