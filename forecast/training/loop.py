@@ -277,10 +277,11 @@ def _pretrain(
     .train state. Under torchrun every rank trains it in the process group the next stage keeps
     using; the ranks other than 0 return before rank 0 has scored and saved it and wait, outside
     any collective (no NCCL timeout however long the scoring), for its skill.json. Why not leave
-    the group and join a new one for the next stage, as this did before: a re-created default
-    group reuses the first one's rendezvous keys in torchrun's store, and a rank that joins
-    first can read its peer's stale address (two-process CPU training failed so, about 3 runs
-    in 4 on 2026-12-06: "Connection reset by peer" in the next stage's first barrier)."""
+    the group and join a new one for the next stage, as this did before: two-process CPU
+    training failed so in 3 runs of 4 on 2026-12-06 ("Connection reset by peer" in the next
+    stage's first barrier), 0 of 4 with one group. The likely cause: torch resets its group
+    counter when the default group is destroyed, so the new group has the old one's name and
+    keys in torchrun's store, and a rank that joins first can read its peer's stale entries."""
     from forecast.config import load
 
     first = load(TrainConfig, cfg.pretrain)
