@@ -19,26 +19,33 @@ def calibration_markdown(result: dict) -> str:
         f"# Calibration on {len(result['init_times'])} validation init times",
         "",
         f"Objective: {result['objective']}, lead days {result['lead_days']}. "
+        f"Noise scale {result['settings']['noise_scale']:.3g} (of {result.get('noise_scales', [1.0])}). "
         f"Best common amplitude {result['amplitude']:.3g} x the 48-hour RMSE; the CRPS (common) column is "
-        f"the sweep's run at the best single candidate, {result['common_candidate']:.3g}.",
+        f"the sweep's run at the best single candidate, {result['common_candidate']:.3g}. "
+        + (
+            ""
+            if result["per_channel"]["kept"]
+            else "The per-channel amplitudes did worse together than the best single one: every channel gets it."
+        ),
         "",
         "| channel | amplitude | CRPS (chosen) | CRPS (common) | SSR (chosen) |",
         "|---|---|---|---|---|",
     ]
     for c, a in result["channel_amplitudes"].items():
         chosen, common = result["chosen"][c], result["common"][c]
-        lines.append(f"| {c} | {a:.3g} | {chosen['crps']:.4g} | {common['crps']:.4g} | {chosen['ssr']:.2f} |")
+        ssr = chosen["ssr_pooled"]
+        lines.append(f"| {c} | {a:.3g} | {chosen['crps']:.4g} | {common['crps']:.4g} | {ssr:.2f} |")
     return "\n".join(lines) + "\n"
 
 
 @task(retries=1, retry_delay_seconds=10, task_run_name="calibrate on {inits}")
 def calibrate_task(
     archive: str, packages: list[str], inits: list[str], out: str, settings: dict, candidates: list[float],
-    days: list[int], progress: bool,
+    days: list[int], progress: bool, noise_scales: list[float] | None = None, objective: str = "crps",
 ) -> dict:  # fmt: skip
     return calibrate(
         archive, packages, inits, out, RunSettings.from_dict(settings), candidates=candidates, days=days,
-        progress=progress,
+        progress=progress, noise_scales=noise_scales, objective=objective,
     )  # fmt: skip
 
 
@@ -52,11 +59,14 @@ def calibrate_flow(
     candidates: list[float] | None = None,
     days: list[int] | None = None,
     progress: bool = False,
+    noise_scales: list[float] | None = None,
+    objective: str = "crps",
 ) -> dict:
-    """Write the calibration for `packages` from validation init times `inits` to `out`."""
+    """Write the calibration for `packages` from validation init times `inits` to `out`;
+    `noise_scales` (more than one) calibrates the model noise's scale as well."""
     result = calibrate_task(
         archive, packages, list(inits), out, settings or {}, list(candidates or DEFAULT_CANDIDATES),
-        list(days or DEFAULT_DAYS), progress,
+        list(days or DEFAULT_DAYS), progress, noise_scales, objective,
     )  # fmt: skip
     markdown = calibration_markdown(result)
     create_markdown_artifact(key="calibration", markdown=markdown, description=f"calibration {out}")

@@ -80,6 +80,7 @@ def demo_flow(out: str, config: str = str(CONFIG_DIR / "demo.yaml"), progress: b
         if not _calibration_fits(calibration, packages):
             calibrate_flow(
                 archive, packages, c.inits, calibration, {"perturbations": c.perturbations}, c.candidates, c.days,
+                noise_scales=c.noise_scales, objective=c.objective,
             )  # fmt: skip
     # scored online too, so the demo's calibration can be judged over five init times, not one
     hindcast_settings = {**settings, "score": True}

@@ -1,18 +1,42 @@
-"""Calibration of the bred-vector amplitude per channel on a validation period (`forecast calibrate`).
+"""Calibration of the bred-vector amplitude per channel (and of the model-noise scale) on a
+validation period (`forecast calibrate`).
 
 The amplitude of the initial perturbations (a fraction of each package's 48-hour RMSE) is the
-one free number of an ensemble that bred vectors cannot learn. `calibrate` chooses it per
-channel on hindcasts from validation init times, never the test period:
+one free number of an ensemble that bred vectors cannot learn; a stochastic checkpoint's noise
+is learnt, but its spread on other hosts' checkpoints and other periods is not guaranteed, so
+its scale (`noise_scale`) may be chosen too. `calibrate` chooses them on hindcasts from
+validation init times, never the test period:
 
-1. for each candidate amplitude a (the same for every channel), a statistics-only hindcast
-   with online scores (`RunSettings(score=True, store_members=False)`) from every init time;
-2. per channel, the area-mean fair CRPS averaged over the init times and the lead days
-   (3..10 by default, relative to its value at the smallest candidate so that every lead
-   weighs the same); the channel's amplitude is the minimum of the parabola in log a through
-   the best candidate and its neighbours (the best candidate itself at the ends of the grid);
-3. a confirming hindcast with the chosen per-channel amplitudes, reported beside the best
-   single amplitude (`common`: the sweep's own run at the candidate with the lowest mean
-   objective, `common_candidate`), so the file says what the per-channel choice bought.
+1. for each noise scale (by default only the run's own) and each candidate amplitude a (the
+   same for every channel), a statistics-only hindcast with online scores
+   (`RunSettings(score=True, store_members=False)`) from every init time;
+2. per channel, an objective averaged over the lead days (3..10 by default): the area-mean
+   fair CRPS averaged over the init times, relative to the first set's so that every lead
+   weighs the same ("crps"), or the squared log of the spread-skill ratio pooled over the init
+   times ("ssr": 0 when calibrated). The noise scale is the one whose best common amplitude
+   reaches the lowest objective averaged over the channels; at that scale a channel's
+   amplitude is the minimum of the parabola in log a through the best candidate and its
+   neighbours (the best candidate itself at the ends of the grid);
+3. a confirming hindcast with the chosen per-channel amplitudes, compared with the best single
+   amplitude (`common`: the sweep's own run at the candidate with the lowest mean objective,
+   `common_candidate`). The per-channel amplitudes are kept only if their objective averaged
+   over the channels is no worse than the single amplitude's; else every channel gets
+   `common_candidate` (`per_channel.kept` is false, and the file keeps the rejected run's
+   scores).
+
+Why the guard: the model couples the channels within a step, so a channel's spread depends on
+every channel's amplitude. The common sweep measures each channel's response at the other
+channels' same amplitude; the confirming run is where the coupling shows. On 2026-12-06 the
+demo's per-channel choice gave u10m 0.32 x its 48-hour RMSE, and the confirming run had the
+u10m spread-skill ratio of the sweep's 1.0 (1.44 against 1.49): its neighbours' amplitudes of
+1.0 made its spread.
+
+Why "ssr" as well as "crps": with few validation inits (the demo's four) and 8 members, the
+CRPS differences between amplitudes are 1-3 % and its minimum can sit where the ensemble is
+already over-dispersive on those same inits (the demo's validation run at the CRPS optimum had
+spread-skill ratios of 1.3-1.6 at day 5 on 2026-12-06). The pooled ratio is the direct
+measure of calibration and steadier at that size. With a long validation period the CRPS, the
+proper score, is the better choice, and it is the default.
 
 Why the yardstick is the best candidate and not a run at the parabola's common amplitude
 (`amplitude`, which channels without their own amplitude get): that would be one more
@@ -20,15 +44,11 @@ hindcast set (in the demo's calibration each set took about 15 s of its 1 min 31
 2026-12-06) for a number that only serves as a comparison; the best candidate's scores are
 already measured.
 
-Why a sweep of one common amplitude and not a search per channel: the model couples the
-channels within a step, so a channel's CRPS depends on every channel's amplitude. The common
-sweep measures each channel's response at the other channels' same amplitude; the confirming
-run is where the coupling shows, and the file records both.
-
 The result is a JSON file (`CALIBRATION_FORMAT`) with the chosen `channel_amplitudes`, the
-sweep's scores, the init times and the digest of each package's weights. `forecast run
---calibration FILE` and the daily flow (`calibration:` in the operations config) read it
-(`apply_calibration`), and refuse it for packages other than those it was made with.
+noise scale (`settings.noise_scale`, chosen among `noise_scales`), the sweep's scores, the
+init times and the digest of each package's weights. `forecast run --calibration FILE` and the
+daily flow (`calibration:` in the operations config) read it (`apply_calibration`), and refuse
+it for packages other than those it was made with.
 """
 
 from __future__ import annotations
@@ -86,30 +106,46 @@ def _check_inits(packages: Sequence[str], inits: Sequence[np.datetime64], lead_h
 
 def _sweep_scores(store: str, channels: Sequence[str], leads: Sequence[int]) -> dict[str, dict[str, np.ndarray]]:
     """{channel: {crps, ssr, spread}} as (init, lead) arrays from a scored statistics-only
-    store; spread is the root of the area-mean ensemble variance (from the ratio and the RMSE)."""
+    store, and `ssr_pooled` per lead; spread is the root of the area-mean ensemble variance
+    (from the ratio and the RMSE). The pooled ratio is sqrt((m+1)/m) sqrt(<s²>) / sqrt(<e²>)
+    with the means over the init times: the ratio `benchmarks/demo_science.py` judges."""
     ds = open_forecast(store).sel(lead_time=list(leads))
     m = np.asarray(ds.member_count.values, np.float64)  # (init, lead)
+    m_bar = np.nanmean(m, axis=0)
     out = {}
     for c in channels:
         s = ds.sel(channel=c)
         ssr, rmse = np.asarray(s.spread_skill_ratio.values), np.asarray(s.ensemble_mean_rmse.values)
         spread = ssr * rmse * np.sqrt(m / (m + 1))
-        out[c] = {"crps": np.asarray(s.crps.values, np.float64), "ssr": ssr, "spread": spread}
+        pooled = np.sqrt((m_bar + 1) / m_bar) * np.sqrt(np.nanmean(spread**2, 0) / np.nanmean(rmse**2, 0))
+        out[c] = {"crps": np.asarray(s.crps.values, np.float64), "ssr": ssr, "spread": spread, "ssr_pooled": pooled}
     return out
 
 
-def _best(candidates: np.ndarray, cost: np.ndarray) -> float:
-    """The minimum of the parabola in log-amplitude through the best candidate and its
-    neighbours; the best candidate itself at an end of the grid or for a zero amplitude."""
+def _minimum(candidates: np.ndarray, cost: np.ndarray) -> tuple[float, float]:
+    """(amplitude, cost) at the minimum of the parabola in log-amplitude through the best
+    candidate and its neighbours; the best candidate itself at an end of the grid or for a
+    zero amplitude."""
     i = int(np.nanargmin(cost))
     if i == 0 or i == len(candidates) - 1 or candidates[i - 1] <= 0:
-        return float(candidates[i])
+        return float(candidates[i]), float(cost[i])
     x = np.log(candidates[i - 1 : i + 2])
     y = cost[i - 1 : i + 2]
-    a, b, _ = np.polyfit(x, y, 2)
-    if a <= 0:
-        return float(candidates[i])
-    return float(np.exp(np.clip(-b / (2 * a), x[0], x[2])))
+    coef = np.polyfit(x, y, 2)
+    if coef[0] <= 0:
+        return float(candidates[i]), float(cost[i])
+    at = float(np.clip(-coef[1] / (2 * coef[0]), x[0], x[2]))
+    return float(np.exp(at)), float(min(np.polyval(coef, at), cost[i]))
+
+
+def _best(candidates: np.ndarray, cost: np.ndarray) -> float:
+    return _minimum(candidates, cost)[0]
+
+
+OBJECTIVES = {
+    "crps": "fair CRPS, area mean, averaged over init times and lead days, relative per lead",
+    "ssr": "(log spread-skill ratio)^2, the ratio pooled over init times, averaged over lead days",
+}
 
 
 def calibrate(
@@ -124,18 +160,28 @@ def calibrate(
     work: str | Path | None = None,
     device: str | None = None,
     progress: bool = True,
+    noise_scales: Sequence[float] | None = None,
+    objective: str = "crps",
 ) -> dict:
     """Choose per-channel amplitudes on `inits` (validation init times); write the calibration
     JSON to `out` and return it. `settings` are the run's (members, perturbation, model noise);
-    its amplitudes are what is calibrated. `channels` (default: the run's, or all) are those
-    given their own amplitude; the others keep the best common one. The hindcast stores go
-    under `work` (default: `out`.work, removed when done; one given is kept), and a rerun after
-    an interruption resumes them."""
+    its amplitudes are what is calibrated, and its noise scale too where `noise_scales` gives
+    more than one. `objective` is "crps" or "ssr" (`OBJECTIVES`). `channels` (default: the
+    run's, or all) are those given their own amplitude; the others keep the best common one.
+    The hindcast stores go under `work` (default: `out`.work, removed when done; one given is
+    kept), and a rerun after an interruption resumes them."""
     candidates = np.asarray(sorted(set(float(a) for a in candidates)), np.float64)
     if len(candidates) < 2 or candidates[0] < 0:
         raise CalibrationError(f"give at least two amplitudes >= 0 to choose from, got {candidates.tolist()}")
     if settings.perturbation == "none":
         raise CalibrationError("perturbation 'none' has no amplitude to calibrate")
+    if objective not in OBJECTIVES:
+        raise CalibrationError(f"objective {objective!r}: choose one of {sorted(OBJECTIVES)}")
+    scales = sorted(set(float(x) for x in (noise_scales or [settings.noise_scale])))
+    if scales[0] < 0:
+        raise CalibrationError(f"noise scales must be >= 0, got {scales}")
+    if len(scales) > 1 and not settings.model_noise:
+        raise CalibrationError("a sweep of noise scales needs the model noise on")
     if not inits:
         raise CalibrationError("give at least one validation init time")
     leads = [24 * int(d) for d in days]
@@ -168,28 +214,44 @@ def calibrate(
             )
         return store
 
-    sweep = {}
-    for a in candidates:
-        log.info("calibration: amplitude %.3g on %d init times", a, len(init_times))
-        store = hindcasts(f"amplitude-{a:.4f}", dataclasses.replace(base, amplitude=float(a)))
-        sweep[float(a)] = _sweep_scores(store, run_channels, leads)
+    sweep: dict[tuple[float, float], dict] = {}
+    for ns in scales:
+        for a in candidates:
+            log.info("calibration: amplitude %.3g, noise scale %.3g, on %d init times", a, ns, len(init_times))
+            name = f"amplitude-{a:.4f}" if len(scales) == 1 else f"noise-{ns:.4f}-amplitude-{a:.4f}"
+            store = hindcasts(name, dataclasses.replace(base, amplitude=float(a), noise_scale=ns))
+            sweep[ns, float(a)] = _sweep_scores(store, run_channels, leads)
     have = run_channels
     names = list(channels) if channels is not None else have
+    reference = sweep[scales[0], float(candidates[0])]  # the CRPS is relative to the first set's
 
-    def cost(c: str) -> np.ndarray:
-        """Mean over inits and leads of the CRPS relative to the smallest candidate's."""
-        crps = np.stack([sweep[float(a)][c]["crps"] for a in candidates])  # (candidate, init, lead)
-        return np.nanmean(crps / crps[:1], axis=(1, 2))
+    def channel_cost(scores: dict, c: str) -> float:
+        if objective == "crps":
+            return float(np.nanmean(scores[c]["crps"] / reference[c]["crps"]))
+        return float(np.nanmean(np.log(scores[c]["ssr_pooled"]) ** 2))
 
-    total = np.nanmean(np.stack([cost(c) for c in have]), axis=0)
-    common = _best(candidates, total)
-    chosen = {c: round(_best(candidates, cost(c)), 4) for c in names}
-    # a choice at an end of the grid (but 0) is where the CRPS was still falling: the grid is too narrow
+    def total_cost(scores: dict) -> float:
+        return float(np.mean([channel_cost(scores, c) for c in have]))
+
+    def cost(c: str, ns: float) -> np.ndarray:
+        """The objective of channel c at each candidate amplitude, at noise scale ns."""
+        return np.asarray([channel_cost(sweep[ns, float(a)], c) for a in candidates])
+
+    def total(ns: float) -> np.ndarray:
+        return np.mean(np.stack([cost(c, ns) for c in have]), axis=0)
+
+    # the noise scale: the one whose best common amplitude (the parabola's) reaches the lowest objective
+    per_scale = {ns: _minimum(candidates, total(ns)) for ns in scales}
+    noise_scale = min(scales, key=lambda ns: per_scale[ns][1])
+    base = dataclasses.replace(base, noise_scale=noise_scale)
+    common = per_scale[noise_scale][0]
+    chosen = {c: round(_best(candidates, cost(c, noise_scale)), 4) for c in names}
+    # a choice at an end of the grid (but 0) is where the objective was still falling: the grid is too narrow
     edge = sorted(c for c in names if chosen[c] >= candidates[-1] or 0 < chosen[c] <= candidates[0])
     if edge:
         log.warning("calibration: %s chose an end of the candidates %s: widen them", edge, candidates.tolist())
-    common_candidate = float(candidates[int(np.nanargmin(total))])
-    at_common = sweep[common_candidate]  # the yardstick: the best single candidate, already run
+    common_candidate = float(candidates[int(np.nanargmin(total(noise_scale)))])
+    at_common = sweep[noise_scale, common_candidate]  # the yardstick: the best single candidate, already run
     unnamed = set(have) - set(names)  # these get the parabola's common amplitude
     if all(a == common_candidate for a in chosen.values()) and (not unnamed or round(common, 4) == common_candidate):
         confirm = at_common  # the per-channel choice is the best candidate everywhere: no second run
@@ -197,13 +259,31 @@ def calibrate(
         # round(common, 4): the amplitude the file records and `apply_calibration` gives
         confirm_settings = dataclasses.replace(base, amplitude=round(common, 4), channel_amplitudes=chosen)
         confirm = _sweep_scores(hindcasts("chosen", confirm_settings), have, leads)
+    # The model couples the channels within a step, so the per-channel amplitudes can do worse
+    # together than the best single one (a channel given a small amplitude still takes its
+    # neighbours' spread): then the file gives the best single candidate to every channel.
+    kept = confirm is at_common or total_cost(confirm) <= total_cost(at_common)
+    applied = chosen if kept else {c: common_candidate for c in names}
+    if not kept:
+        log.warning(
+            "calibration: the per-channel amplitudes (objective %.4g) lost to the single amplitude %.3g (%.4g): "
+            "every channel gets %.3g", total_cost(confirm), common_candidate, total_cost(at_common), common_candidate,
+        )  # fmt: skip
     result = {
         "format": CALIBRATION_FORMAT,
-        "channel_amplitudes": chosen,
-        "amplitude": round(common, 4),
+        "channel_amplitudes": applied,
+        "amplitude": round(common, 4) if kept else common_candidate,
         "common_candidate": common_candidate,  # the sweep's best single amplitude: `common` is its run
-        "at_grid_edge": edge,  # channels whose CRPS was still falling at an end of the candidates
-        "objective": "fair CRPS, area mean, averaged over init times and lead days, relative per lead",
+        "at_grid_edge": edge,  # channels whose objective was still falling at an end of the candidates
+        "objective": OBJECTIVES[objective],
+        "objective_name": objective,
+        "per_channel": {  # the per-channel choice and its confirming run, kept or not
+            "amplitudes": chosen,
+            "kept": bool(kept),
+            "objective": total_cost(confirm),
+            "common_objective": total_cost(at_common),
+            "scores": {c: _summary(confirm[c]) for c in have},
+        },
         "lead_days": [int(d) for d in days],
         "init_times": [str(t) for t in init_times],
         "archive": str(Path(archive).resolve()),
@@ -212,20 +292,30 @@ def calibrate(
             "perturbation": settings.perturbation,
             "perturbations": settings.perturbations,
             "model_noise": settings.model_noise,
-            "noise_scale": settings.noise_scale,
+            "noise_scale": noise_scale,
             "base_seed": settings.base_seed,
         },
+        "noise_scales": scales,  # more than one: the noise scale was calibrated too, and runs take it
+        "noise_sweep": {
+            str(ns): {
+                "objective": total(ns).tolist(),
+                "best_amplitude": per_scale[ns][0],
+                "best_objective": per_scale[ns][1],
+            }  # fmt: skip
+            for ns in scales
+        },
         "candidates": candidates.tolist(),
-        "sweep": {
+        "sweep": {  # at the chosen noise scale
             c: {
-                "crps": [float(np.nanmean(sweep[float(a)][c]["crps"])) for a in candidates],
-                "ssr": [float(np.nanmean(sweep[float(a)][c]["ssr"])) for a in candidates],
-                "spread": [float(np.nanmean(sweep[float(a)][c]["spread"])) for a in candidates],
-                "objective": cost(c).tolist(),
+                "crps": [float(np.nanmean(sweep[noise_scale, float(a)][c]["crps"])) for a in candidates],
+                "ssr": [float(np.nanmean(sweep[noise_scale, float(a)][c]["ssr"])) for a in candidates],
+                "ssr_pooled": [float(np.nanmean(sweep[noise_scale, float(a)][c]["ssr_pooled"])) for a in candidates],
+                "spread": [float(np.nanmean(sweep[noise_scale, float(a)][c]["spread"])) for a in candidates],
+                "objective": cost(c, noise_scale).tolist(),
             }
             for c in have
         },
-        "chosen": {c: _summary(confirm[c]) for c in have},
+        "chosen": {c: _summary((confirm if kept else at_common)[c]) for c in have},
         "common": {c: _summary(at_common[c]) for c in have},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -238,7 +328,11 @@ def calibrate(
 
 
 def _summary(scores: dict[str, np.ndarray]) -> dict[str, float]:
-    return {"crps": float(np.nanmean(scores["crps"])), "ssr": float(np.nanmean(scores["ssr"]))}
+    return {
+        "crps": float(np.nanmean(scores["crps"])),
+        "ssr": float(np.nanmean(scores["ssr"])),
+        "ssr_pooled": float(np.nanmean(scores["ssr_pooled"])),
+    }
 
 
 def load_calibration(path: str | Path, packages: Sequence[str] | None = None) -> dict:
@@ -267,16 +361,22 @@ def load_calibration(path: str | Path, packages: Sequence[str] | None = None) ->
 
 def apply_calibration(settings: RunSettings, path: str | Path, packages: Sequence[str]) -> RunSettings:
     """`settings` with the calibration's amplitudes (its common amplitude for channels it
-    does not name). The values, not the file's path, go into the run record."""
+    does not name) and, where the calibration chose among noise scales, its noise scale. The
+    values, not the file's path, go into the run record."""
     data = load_calibration(path, packages)
     made_with = {"noise_scale": 1.0, **data["settings"]}  # files from before the noise scale: 1
-    for key in ("perturbation", "model_noise", "noise_scale"):
+    noise_calibrated = len(data.get("noise_scales", [])) > 1
+    for key in ("perturbation", "model_noise") + (() if noise_calibrated else ("noise_scale",)):
         if made_with[key] != getattr(settings, key):
             raise CalibrationError(
                 f"{path}: calibrated with {key} {made_with[key]!r}; this run has {getattr(settings, key)!r}"
             )
+    noise = {"noise_scale": float(made_with["noise_scale"])} if noise_calibrated else {}
+    if noise and noise["noise_scale"] != settings.noise_scale:
+        log.info("%s: the calibrated noise scale %.3g replaces %.3g", path, noise["noise_scale"], settings.noise_scale)
     return dataclasses.replace(
         settings,
         amplitude=float(data["amplitude"]),
         channel_amplitudes={k: float(v) for k, v in data["channel_amplitudes"].items()},
+        **noise,
     )

@@ -185,16 +185,23 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         channels=args.channels,
         device=args.device,
         progress=not args.quiet,
+        noise_scales=args.noise_scales,
+        objective=args.objective,
     )
     took = time.perf_counter() - start
     print(f"{args.out}: {len(inits)} init times, {len(result['candidates'])} amplitudes, {took:.0f} s")
+    if len(result["noise_scales"]) > 1:
+        print(f"  noise scale {result['settings']['noise_scale']:.3g} (of {result['noise_scales']})")
+    if not result["per_channel"]["kept"]:
+        print("  the per-channel amplitudes did worse together than the best single one: every channel gets it")
     print(
         f"  common amplitude {result['amplitude']:.3g}; per channel (CRPS beside the best single candidate, "
-        f"{result['common_candidate']:.3g}):"
+        f"{result['common_candidate']:.3g}; SSR pooled over the init times):"
     )
     for c, a in result["channel_amplitudes"].items():
         chosen, common = result["chosen"][c], result["common"][c]
-        print(f"    {c:>8} {a:6.3g}  CRPS {chosen['crps']:.4g} (common {common['crps']:.4g})  SSR {chosen['ssr']:.2f}")
+        ssr = chosen["ssr_pooled"]
+        print(f"    {c:>8} {a:6.3g}  CRPS {chosen['crps']:.4g} (common {common['crps']:.4g})  SSR {ssr:.2f}")
     return 0
 
 
@@ -462,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser(
         "calibrate",
-        help="choose the perturbation amplitude per channel on validation hindcasts (fair CRPS, days 3-10)",
+        help="choose the perturbation amplitude per channel (and the noise scale) on validation hindcasts",
     )
     c.add_argument("--archive", required=True, help="archive with the analyses of the validation period")
     c.add_argument("--packages", nargs="+", required=True, help="the model packages the runs will use")
@@ -476,8 +483,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-model-noise", action="store_true", help="calibrate with the model noise held at zero")
     c.add_argument("--seed", type=int, help="base seed of the member seeds")
     c.add_argument("--candidates", type=float, nargs="+", help="amplitudes to try (x the 48-hour RMSE)")
-    c.add_argument("--days", type=int, nargs="+", help="lead days whose CRPS is minimised (default 3..10)")
+    c.add_argument("--days", type=int, nargs="+", help="lead days whose objective is minimised (default 3..10)")
     c.add_argument("--channels", nargs="+", help="channels given their own amplitude (default: all)")
+    c.add_argument(
+        "--noise-scales", type=float, nargs="+", help="model-noise scales to choose from too (default: the config's)"
+    )
+    c.add_argument(
+        "--objective", choices=["crps", "ssr"], default="crps",
+        help="minimise the fair CRPS (default) or (log spread-skill ratio)^2 over the lead days",
+    )  # fmt: skip
     c.add_argument("--out", required=True, help="the calibration file (JSON) to write")
     c.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     c.set_defaults(func=_cmd_calibrate)

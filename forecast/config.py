@@ -101,13 +101,19 @@ class DemoCalibrationConfig:
     inits: list[str] = dataclasses.field(
         default_factory=lambda: ["2000-11-26T00", "2000-11-28T00", "2000-12-23T00", "2000-12-26T00"]
     )
-    candidates: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.2, 0.5, 1.0])
+    candidates: list[float] = dataclasses.field(default_factory=lambda: [0.35, 0.7, 1.4])
     days: list[int] = dataclasses.field(default_factory=lambda: [3, 4, 5])
     perturbations: int = 2
+    noise_scales: list[float] = dataclasses.field(default_factory=lambda: [1.0])  # more than one: chosen too
+    objective: str = "crps"  # or "ssr" (forecast.calibration.OBJECTIVES)
 
     def __post_init__(self):
         if not self.inits or len(self.candidates) < 2 or not self.days or self.perturbations < 1:
             raise ConfigError("calibration: give init times, two or more candidates, lead days and perturbations >= 1")
+        if not self.noise_scales or min(self.noise_scales) < 0:
+            raise ConfigError(f"calibration: noise_scales must be one or more scales >= 0, got {self.noise_scales}")
+        if self.objective not in ("crps", "ssr"):
+            raise ConfigError(f"calibration: objective must be 'crps' or 'ssr', got {self.objective!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,7 @@ from forecast.diagnostics.online_scores import hindcast_scores
 from forecast.diagnostics.scores_store import open_scores
 from forecast.diagnostics.verify import diagnose, verification
 from forecast.ensemble.engine import RunSettings, run_ensemble
-from forecast.ensemble.store import ForecastStore
+from forecast.ensemble.store import ForecastStore, open_forecast
 from forecast.storage import find_temp_files
 
 INIT = "2001-11-20T00"
@@ -176,6 +176,29 @@ def test_a_statistics_only_run_scores_the_same_without_keeping_members(scored):
         np.testing.assert_allclose(stats[name][:], members[name][:], rtol=1e-12, err_msg=name)
     leftovers = [p.name for p in Path(scored["stats"]).parent.iterdir() if "scratch" in p.name]
     assert leftovers == []  # the CRPS scratch members are deleted once the scores are written
+
+
+def test_a_store_whose_later_init_time_has_no_m_climate_still_opens(scored, world_archive, world_packages, tmp_path):
+    """The EFI and q99 arrays are created and grown only by init times with an M-climate: an
+    init time without one leaves them shorter than `init_time`. `open_forecast` reads them
+    padded with NaN there, and the first init time's values as written."""
+    store = str(tmp_path / "mixed.zarr")
+    settings = RunSettings(**SETTINGS, score=True, store_members=False)
+    without = "2001-06-01T00"
+    assert load_mclimate(world_archive, without) is None and load_mclimate(world_archive, INIT) is not None
+    for init in (INIT, without):
+        run_ensemble(world_archive, world_packages, init, store, settings, progress=False, scores=hindcast_scores)
+    raw = zarr.open_group(store, mode="r")
+    assert raw["q99_brier_score"].shape[0] == 1 and raw["crps"].shape[0] == 2  # the layout the reader must handle
+    ds = open_forecast(store)
+    assert ds.sizes["init_time"] == 2
+    for name in ("q99_brier_score", "efi", "subset_missed_extreme_count"):
+        values = ds[name].values
+        assert np.isnan(values[1]).all(), name
+        np.testing.assert_array_equal(values[0], raw[name][0], err_msg=name)
+    alone = open_forecast(scored["stats"])  # the same init time in a store of its own
+    np.testing.assert_array_equal(ds.crps.values[0], alone.crps.values[0])
+    np.testing.assert_array_equal(ds.q99_brier_score.values[0], alone.q99_brier_score.values[0])
 
 
 def _array_shapes(path: str) -> dict[str, dict[str, int]]:

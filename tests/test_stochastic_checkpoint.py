@@ -248,3 +248,49 @@ def test_a_two_stage_training_is_its_first_stage_then_a_warm_start_from_it(world
     stamp = marker.stat().st_mtime_ns
     again = train(world_archive, tmp_path / "two", seed=5, cfg=second, device="cpu")
     assert marker.stat().st_mtime_ns == stamp and again["history"] == two["history"]
+
+
+def test_calibration_chooses_the_noise_scale_and_runs_take_it(world_archive, stochastic_package, tmp_path):
+    """With several noise scales, the calibration sweeps (scale, amplitude) and keeps the scale
+    whose best amplitude has the lowest objective; here the "ssr" objective, recomputed from
+    the kept stores: (log of the spread-skill ratio pooled over the init times)^2, averaged
+    over the leads and channels. Runs given the file take its noise scale."""
+    from forecast.calibration import apply_calibration, calibrate
+    from forecast.ensemble.store import open_forecast
+
+    out, work = tmp_path / "cal.json", tmp_path / "work"
+    scales, candidates = (0.3, 1.0), (0.1, 1.0)
+    result = calibrate(
+        world_archive, [stochastic_package], ["2001-11-10T00", "2001-11-20T00"], out,
+        RunSettings(perturbations=1, lead_hours=48), candidates=candidates, days=(1, 2), work=work,
+        progress=False, noise_scales=scales, objective="ssr",
+    )  # fmt: skip
+    assert result["noise_scales"] == list(scales) and result["objective_name"] == "ssr"
+    for ns in scales:
+        for k, a in enumerate(candidates):
+            store = str(work / f"noise-{ns:.4f}-amplitude-{a:.4f}.zarr")
+            assert ForecastStore.open(store).run["settings"].get("noise_scale", 1.0) == ns  # recorded unless 1
+            ds = open_forecast(store).sel(lead_time=[24, 48])
+            m = ds.member_count.astype(float)
+            mse = ds.ensemble_mean_rmse**2
+            var = ds.spread_skill_ratio**2 * mse * m / (m + 1)
+            mb = float(m.mean())
+            ssr = np.sqrt((mb + 1) / mb) * np.sqrt(var.mean("init_time") / mse.mean("init_time"))
+            expected = float((np.log(ssr) ** 2).mean("lead_time").mean("channel"))
+            assert result["noise_sweep"][str(ns)]["objective"][k] == pytest.approx(expected, rel=1e-9), (ns, a)
+    best = min(scales, key=lambda ns: min(result["noise_sweep"][str(ns)]["objective"]))
+    assert result["settings"]["noise_scale"] == best
+    # the per-channel amplitudes are kept only where their confirming run does no worse than
+    # the best single amplitude; else every channel gets that amplitude
+    per_channel = result["per_channel"]
+    if per_channel["kept"]:
+        assert per_channel["objective"] <= per_channel["common_objective"]
+        assert result["channel_amplitudes"] == per_channel["amplitudes"]
+    else:
+        assert per_channel["objective"] > per_channel["common_objective"]
+        assert set(result["channel_amplitudes"].values()) == {result["common_candidate"]}
+    run = apply_calibration(RunSettings(noise_scale=0.7), out, [stochastic_package])
+    assert run.noise_scale == best and run.channel_amplitudes == result["channel_amplitudes"]
+    with pytest.raises(ValueError, match="needs the model noise on"):
+        calibrate(world_archive, [stochastic_package], ["2001-11-10T00"], tmp_path / "x.json",
+                  RunSettings(model_noise=False), noise_scales=scales)  # fmt: skip

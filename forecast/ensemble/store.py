@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import dask.array
 import numpy as np
 import xarray as xr
 import zarr
@@ -309,8 +310,25 @@ class ForecastStore:
 
 
 def open_forecast(location: str) -> xr.Dataset:
-    """The store as a lazy, labelled Dataset (members, statistics and coordinates)."""
-    ds = xr.open_zarr(str(location), consolidated=False, decode_times=False, drop_variables=["online_state"])
+    """The store as a lazy, labelled Dataset (members, statistics and coordinates).
+
+    An online statistic is created, and grown along init_time, when it is first written for an
+    init time, so it may be shorter than `init_time`: a run still under way, or an init time
+    without the statistic (the EFI and q99 scores need an M-climate, which some init times lack).
+    Such an array is read padded with NaN to every init time (an integer count becomes float):
+    the init times it does not cover have no value, and the rest of the store still opens."""
+    group = zarr.open_group(str(location), mode="r")
+    n_init = group["init_time"].shape[0]
+    short = [
+        name
+        for name, arr in group.arrays()
+        if (arr.metadata.dimension_names or (None,))[0] == "init_time" and 0 < arr.shape[0] < n_init
+    ]
+    ds = xr.open_zarr(str(location), consolidated=False, decode_times=False, drop_variables=["online_state", *short])
+    for name in short:
+        arr = group[name]
+        data = xr.DataArray(dask.array.from_zarr(arr), dims=arr.metadata.dimension_names, attrs=dict(arr.attrs))
+        ds[name] = data.pad(init_time=(0, n_init - arr.shape[0]))
     ds = xr.decode_cf(ds)
     ds = ds.set_coords([c for c in ("checkpoint", "perturbation", "sign", "complete") if c in ds.variables])
     return ds
