@@ -266,29 +266,43 @@ def test_calibration_chooses_the_noise_scale_and_runs_take_it(world_archive, sto
         progress=False, noise_scales=scales, objective="ssr",
     )  # fmt: skip
     assert result["noise_scales"] == list(scales) and result["objective_name"] == "ssr"
+
+    def ssr_cost(store: str):
+        """Per channel: (log of the spread-skill ratio pooled over the init times)^2, lead mean."""
+        ds = open_forecast(store).sel(lead_time=[24, 48])
+        m = ds.member_count.astype(float)
+        mse = ds.ensemble_mean_rmse**2
+        var = ds.spread_skill_ratio**2 * mse * m / (m + 1)
+        mb = float(m.mean())
+        ssr = np.sqrt((mb + 1) / mb) * np.sqrt(var.mean("init_time") / mse.mean("init_time"))
+        return (np.log(ssr) ** 2).mean("lead_time")
+
     for ns in scales:
         for k, a in enumerate(candidates):
             store = str(work / f"noise-{ns:.4f}-amplitude-{a:.4f}.zarr")
             assert ForecastStore.open(store).run["settings"].get("noise_scale", 1.0) == ns  # recorded unless 1
-            ds = open_forecast(store).sel(lead_time=[24, 48])
-            m = ds.member_count.astype(float)
-            mse = ds.ensemble_mean_rmse**2
-            var = ds.spread_skill_ratio**2 * mse * m / (m + 1)
-            mb = float(m.mean())
-            ssr = np.sqrt((mb + 1) / mb) * np.sqrt(var.mean("init_time") / mse.mean("init_time"))
-            expected = float((np.log(ssr) ** 2).mean("lead_time").mean("channel"))
+            expected = float(ssr_cost(store).mean("channel"))
             assert result["noise_sweep"][str(ns)]["objective"][k] == pytest.approx(expected, rel=1e-9), (ns, a)
     best = min(scales, key=lambda ns: min(result["noise_sweep"][str(ns)]["objective"]))
     assert result["settings"]["noise_scale"] == best
     # the per-channel amplitudes are kept only where their confirming run does no worse than
     # the best single amplitude; else every channel gets that amplitude
+    # the best single amplitude, and no channel does worse by more than the tolerance; else
+    # every channel gets that amplitude
     per_channel = result["per_channel"]
+    worst = max(per_channel["worse_than_common"].values())
     if per_channel["kept"]:
-        assert per_channel["objective"] <= per_channel["common_objective"]
+        assert per_channel["objective"] <= per_channel["common_objective"] and worst <= per_channel["tolerance"]
         assert result["channel_amplitudes"] == per_channel["amplitudes"]
     else:
-        assert per_channel["objective"] > per_channel["common_objective"]
+        assert per_channel["objective"] > per_channel["common_objective"] or worst > per_channel["tolerance"]
         assert set(result["channel_amplitudes"].values()) == {result["common_candidate"]}
+        assert result["amplitude"] == result["common_candidate"]
+    common_store = work / f"noise-{best:.4f}-amplitude-{result['common_candidate']:.4f}.zarr"
+    confirmed = ssr_cost(str(work / "chosen.zarr")) if (work / "chosen.zarr").exists() else ssr_cost(str(common_store))
+    at_common = ssr_cost(str(common_store))
+    for c, d in per_channel["worse_than_common"].items():
+        assert d == pytest.approx(float(confirmed.sel(channel=c) - at_common.sel(channel=c)), rel=1e-9, abs=1e-12), c
     run = apply_calibration(RunSettings(noise_scale=0.7), out, [stochastic_package])
     assert run.noise_scale == best and run.channel_amplitudes == result["channel_amplitudes"]
     with pytest.raises(ValueError, match="needs the model noise on"):
