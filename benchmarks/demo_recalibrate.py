@@ -11,6 +11,7 @@ It is how the README's table of calibrations on one host's demo checkpoints was 
 
 `--tolerance inf` keeps the per-channel amplitudes whenever their mean objective is no worse
 (the guard before its per-channel bound). The result is printed and written to DIR/result.json.
+A DIR that already holds a calibration.json reuses it as it is: give a new DIR per variant.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def main() -> None:
     p.add_argument("--noise-scales", type=float, nargs="+", help="default: the demo config's")
     p.add_argument("--candidates", type=float, nargs="+", help="default: the demo config's")
     p.add_argument("--objective", choices=["crps", "ssr"], help="default: the demo config's")
-    p.add_argument("--tolerance", type=float, default=0.01, help="the per-channel guard's bound")
+    p.add_argument("--tolerance", type=float, help="the per-channel guard's bound (default: the demo config's)")
     args = p.parse_args()
 
     cfg = load(DemoConfig, args.config)
@@ -54,7 +55,7 @@ def main() -> None:
             archive, packages, c.inits, cal, RunSettings(perturbations=c.perturbations),
             candidates=args.candidates or c.candidates, days=c.days, progress=False,
             noise_scales=args.noise_scales or c.noise_scales, objective=args.objective or c.objective,
-            tolerance=args.tolerance,
+            tolerance=c.tolerance if args.tolerance is None else args.tolerance,
         )  # fmt: skip
     run = RunSettings(perturbations=e.perturbations, lead_hours=e.lead_hours, score=True)
     run = apply_calibration(run, cal, packages)

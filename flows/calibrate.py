@@ -25,7 +25,8 @@ def calibration_markdown(result: dict) -> str:
         + (
             ""
             if result["per_channel"]["kept"]
-            else "The per-channel amplitudes did worse together than the best single one: every channel gets it."
+            else "The per-channel amplitudes were refused (a worse mean, or a channel worse than the tolerance "
+            "beside the best single amplitude): every channel gets the best single candidate."
         ),
         "",
         "| channel | amplitude | CRPS (chosen) | CRPS (common) | SSR (chosen) |",
@@ -42,10 +43,11 @@ def calibration_markdown(result: dict) -> str:
 def calibrate_task(
     archive: str, packages: list[str], inits: list[str], out: str, settings: dict, candidates: list[float],
     days: list[int], progress: bool, noise_scales: list[float] | None = None, objective: str = "crps",
+    tolerance: float = 0.01,
 ) -> dict:  # fmt: skip
     return calibrate(
         archive, packages, inits, out, RunSettings.from_dict(settings), candidates=candidates, days=days,
-        progress=progress, noise_scales=noise_scales, objective=objective,
+        progress=progress, noise_scales=noise_scales, objective=objective, tolerance=tolerance,
     )  # fmt: skip
 
 
@@ -61,12 +63,13 @@ def calibrate_flow(
     progress: bool = False,
     noise_scales: list[float] | None = None,
     objective: str = "crps",
+    tolerance: float = 0.01,
 ) -> dict:
     """Write the calibration for `packages` from validation init times `inits` to `out`;
     `noise_scales` (more than one) calibrates the model noise's scale as well."""
     result = calibrate_task(
         archive, packages, list(inits), out, settings or {}, list(candidates or DEFAULT_CANDIDATES),
-        list(days or DEFAULT_DAYS), progress, noise_scales, objective,
+        list(days or DEFAULT_DAYS), progress, noise_scales, objective, tolerance,
     )  # fmt: skip
     markdown = calibration_markdown(result)
     create_markdown_artifact(key="calibration", markdown=markdown, description=f"calibration {out}")

@@ -15,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 from prefect import flow, get_run_logger, task
 
 from flows.calibrate import calibrate_flow
 from flows.daily import forecast_flow, run_members
 from flows.train import train_flow
 from forecast.calibration import CalibrationError, apply_calibration, load_calibration
-from forecast.config import CONFIG_DIR, DemoConfig, config_path, load
+from forecast.config import CONFIG_DIR, DemoCalibrationConfig, DemoConfig, config_path, load
 from forecast.ensemble.engine import RunSettings
 
 
@@ -48,13 +49,24 @@ def mclimate(archive: str, hindcasts: str, target: str, window_days: int) -> str
     return build_mclimate(archive, [hindcasts], target, window_days=window_days)
 
 
-def _calibration_fits(path: str, packages: list[str]) -> bool:
-    """A calibration file from an earlier run of the demo that still fits its packages."""
+def _calibration_fits(path: str, packages: list[str], c: DemoCalibrationConfig) -> bool:
+    """A calibration file from an earlier run of the demo that still fits its packages and was
+    made the way the config asks (init times, candidates, days, members, noise scales,
+    objective, tolerance): a changed config recalibrates."""
     try:
-        load_calibration(path, packages)
+        data = load_calibration(path, packages)
     except CalibrationError:
         return False
-    return True
+    made = (
+        data.get("init_times"), data.get("candidates"), data.get("lead_days"),
+        data.get("settings", {}).get("perturbations"), data.get("noise_scales"), data.get("objective_name"),
+        data.get("per_channel", {}).get("tolerance"),
+    )  # fmt: skip
+    asked = (
+        [str(np.datetime64(t, "h")) for t in c.inits], sorted(set(map(float, c.candidates))), list(c.days),
+        c.perturbations, sorted(set(map(float, c.noise_scales))), c.objective, c.tolerance,
+    )  # fmt: skip
+    return made == asked
 
 
 @flow(name="demo")
@@ -77,10 +89,10 @@ def demo_flow(out: str, config: str = str(CONFIG_DIR / "demo.yaml"), progress: b
     if cfg.calibration is not None:
         c = cfg.calibration
         calibration = str(root / "calibration.json")
-        if not _calibration_fits(calibration, packages):
+        if not _calibration_fits(calibration, packages, c):
             calibrate_flow(
                 archive, packages, c.inits, calibration, {"perturbations": c.perturbations}, c.candidates, c.days,
-                noise_scales=c.noise_scales, objective=c.objective,
+                noise_scales=c.noise_scales, objective=c.objective, tolerance=c.tolerance,
             )  # fmt: skip
     # scored online too, so the demo's calibration can be judged over five init times, not one
     hindcast_settings = {**settings, "score": True}

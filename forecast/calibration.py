@@ -11,10 +11,11 @@ validation init times, never the test period:
    same for every channel), a statistics-only hindcast with online scores
    (`RunSettings(score=True, store_members=False)`) from every init time;
 2. per channel, an objective averaged over the lead days (3..10 by default): the area-mean
-   fair CRPS averaged over the init times, relative to the first set's so that every lead
-   weighs the same ("crps"), or the squared log of the spread-skill ratio pooled over the init
-   times ("ssr": 0 when calibrated). The noise scale is the one whose best common amplitude
-   reaches the lowest objective averaged over the channels; at that scale a channel's
+   fair CRPS of each (init, lead) relative to the first set's (the smallest scale and
+   amplitude), so that every lead weighs the same, averaged over the init times ("crps"); or
+   the squared log of the spread-skill ratio pooled over the init times ("ssr": 0 when
+   calibrated). The noise scale is the one with the lowest objective averaged over the
+   channels among the sweep's sets; at that scale a channel's
    amplitude is the minimum of the parabola in log a through the best candidate and its
    neighbours (the best candidate itself at the ends of the grid);
 3. a confirming hindcast with the chosen per-channel amplitudes, compared with the best single
@@ -53,7 +54,9 @@ hindcast set (in the demo's calibration each set took about 15 s of its 1 min 31
 already measured.
 
 The result is a JSON file (`CALIBRATION_FORMAT`) with the chosen `channel_amplitudes`, the
-noise scale (`settings.noise_scale`, chosen among `noise_scales`), the sweep's scores, the
+common `amplitude` (the parabola's, or the best candidate where the per-channel amplitudes
+were refused), the noise scale (`settings.noise_scale`: where `noise_scales` were given, even
+one, `noise_scale_calibrated` is true and runs take it), the sweep's scores, the
 init times and the digest of each package's weights. `forecast run --calibration FILE` and the
 daily flow (`calibration:` in the operations config) read it (`apply_calibration`), and refuse
 it for packages other than those it was made with.
@@ -229,7 +232,7 @@ def calibrate(
     for ns in scales:
         for a in candidates:
             log.info("calibration: amplitude %.3g, noise scale %.3g, on %d init times", a, ns, len(init_times))
-            name = f"amplitude-{a:.4f}" if len(scales) == 1 else f"noise-{ns:.4f}-amplitude-{a:.4f}"
+            name = f"amplitude-{a:.4f}" if noise_scales is None else f"noise-{ns:.4f}-amplitude-{a:.4f}"
             store = hindcasts(name, dataclasses.replace(base, amplitude=float(a), noise_scale=ns))
             sweep[ns, float(a)] = _sweep_scores(store, run_channels, leads)
     have = run_channels
@@ -242,18 +245,19 @@ def calibrate(
         return float(np.nanmean(np.log(scores[c]["ssr_pooled"]) ** 2))
 
     def total_cost(scores: dict) -> float:
-        return float(np.mean([channel_cost(scores, c) for c in have]))
+        return float(np.nanmean([channel_cost(scores, c) for c in have]))
 
     def cost(c: str, ns: float) -> np.ndarray:
         """The objective of channel c at each candidate amplitude, at noise scale ns."""
         return np.asarray([channel_cost(sweep[ns, float(a)], c) for a in candidates])
 
     def total(ns: float) -> np.ndarray:
-        return np.mean(np.stack([cost(c, ns) for c in have]), axis=0)
+        return np.nanmean(np.stack([cost(c, ns) for c in have]), axis=0)
 
-    # the noise scale: the one whose best common amplitude (the parabola's) reaches the lowest objective
+    # the noise scale: the one with the lowest measured objective (a set of the sweep, not the
+    # parabola's estimate, which would favour a scale whose best amplitude is inside the grid)
     per_scale = {ns: _minimum(candidates, total(ns)) for ns in scales}
-    noise_scale = min(scales, key=lambda ns: per_scale[ns][1])
+    noise_scale = min(scales, key=lambda ns: float(np.nanmin(total(ns))))
     base = dataclasses.replace(base, noise_scale=noise_scale)
     common = per_scale[noise_scale][0]
     chosen = {c: round(_best(candidates, cost(c, noise_scale)), 4) for c in names}
@@ -273,14 +277,15 @@ def calibrate(
     # The model couples the channels within a step, so the per-channel amplitudes can do worse
     # together than the best single one (a channel given a small amplitude still takes its
     # neighbours' spread): then the file gives the best single candidate to every channel.
-    worse = {c: channel_cost(confirm, c) - channel_cost(at_common, c) for c in have}
-    kept = confirm is at_common or (total_cost(confirm) <= total_cost(at_common) and max(worse.values()) <= tolerance)
+    confirm_costs = {c: channel_cost(confirm, c) for c in have}
+    kept, worse = keep_per_channel(confirm_costs, {c: channel_cost(at_common, c) for c in have}, tolerance)
+    kept = kept or confirm is at_common
     applied = chosen if kept else {c: common_candidate for c in names}
     if not kept:
         worst = max(worse, key=worse.get)
         log.warning(
-            "calibration: the per-channel amplitudes (objective %.4g, %s worse by %.3g) lost to the single "
-            "amplitude %.3g (%.4g): every channel gets %.3g",
+            "calibration: the per-channel amplitudes (mean objective %.4g; %s worse by %.3g) are refused beside "
+            "the single amplitude %.3g (%.4g): every channel gets %.3g",
             total_cost(confirm), worst, worse[worst], common_candidate, total_cost(at_common), common_candidate,
         )  # fmt: skip
     result = {
@@ -311,7 +316,8 @@ def calibrate(
             "noise_scale": noise_scale,
             "base_seed": settings.base_seed,
         },
-        "noise_scales": scales,  # more than one: the noise scale was calibrated too, and runs take it
+        "noise_scales": scales,  # the scales tried
+        "noise_scale_calibrated": noise_scales is not None,  # runs take `settings.noise_scale`
         "noise_sweep": {
             str(ns): {
                 "objective": total(ns).tolist(),
@@ -341,6 +347,18 @@ def calibrate(
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def keep_per_channel(
+    confirm: dict[str, float], common: dict[str, float], tolerance: float
+) -> tuple[bool, dict[str, float]]:
+    """(keep, per-channel difference): the per-channel amplitudes' objectives (`confirm`, per
+    channel) are kept beside the best single amplitude's (`common`) only if their mean is no
+    worse and no channel is worse by more than `tolerance`. NaN channels are left out."""
+    worse = {c: float(confirm[c] - common[c]) for c in common}
+    finite = [d for d in worse.values() if np.isfinite(d)]
+    mean_ok = np.nanmean(list(confirm.values())) <= np.nanmean(list(common.values()))
+    return bool(mean_ok and (not finite or max(finite) <= tolerance)), worse
 
 
 def _summary(scores: dict[str, np.ndarray]) -> dict[str, float]:
@@ -381,7 +399,7 @@ def apply_calibration(settings: RunSettings, path: str | Path, packages: Sequenc
     values, not the file's path, go into the run record."""
     data = load_calibration(path, packages)
     made_with = {"noise_scale": 1.0, **data["settings"]}  # files from before the noise scale: 1
-    noise_calibrated = len(data.get("noise_scales", [])) > 1
+    noise_calibrated = bool(data.get("noise_scale_calibrated", False))
     for key in ("perturbation", "model_noise") + (() if noise_calibrated else ("noise_scale",)):
         if made_with[key] != getattr(settings, key):
             raise CalibrationError(

@@ -187,13 +187,14 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         noise_scales=args.noise_scales,
         objective=args.objective,
+        tolerance=args.tolerance,
     )
     took = time.perf_counter() - start
     print(f"{args.out}: {len(inits)} init times, {len(result['candidates'])} amplitudes, {took:.0f} s")
     if len(result["noise_scales"]) > 1:
         print(f"  noise scale {result['settings']['noise_scale']:.3g} (of {result['noise_scales']})")
     if not result["per_channel"]["kept"]:
-        print("  the per-channel amplitudes did worse together than the best single one: every channel gets it")
+        print("  the per-channel amplitudes were refused beside the best single one: every channel gets it")
     print(
         f"  common amplitude {result['amplitude']:.3g}; per channel (CRPS beside the best single candidate, "
         f"{result['common_candidate']:.3g}; SSR pooled over the init times):"
@@ -491,6 +492,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--objective", choices=["crps", "ssr"], default="crps",
         help="minimise the fair CRPS (default) or (log spread-skill ratio)^2 over the lead days",
+    )  # fmt: skip
+    c.add_argument(
+        "--tolerance", type=float, default=0.01,
+        help="per-channel amplitudes are refused if a channel does worse than under the best single one by more",
     )  # fmt: skip
     c.add_argument("--out", required=True, help="the calibration file (JSON) to write")
     c.add_argument("--device", help="cpu or cuda (default: cuda if available)")

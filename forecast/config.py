@@ -106,12 +106,15 @@ class DemoCalibrationConfig:
     perturbations: int = 2
     noise_scales: list[float] = dataclasses.field(default_factory=lambda: [1.0])  # more than one: chosen too
     objective: str = "crps"  # or "ssr" (forecast.calibration.OBJECTIVES)
+    tolerance: float = 0.01  # how much worse than the best single amplitude any channel may do
 
     def __post_init__(self):
         if not self.inits or len(self.candidates) < 2 or not self.days or self.perturbations < 1:
             raise ConfigError("calibration: give init times, two or more candidates, lead days and perturbations >= 1")
         if not self.noise_scales or min(self.noise_scales) < 0:
             raise ConfigError(f"calibration: noise_scales must be one or more scales >= 0, got {self.noise_scales}")
+        if not self.tolerance >= 0:
+            raise ConfigError(f"calibration: tolerance must be >= 0, got {self.tolerance}")
         if self.objective not in ("crps", "ssr"):
             raise ConfigError(f"calibration: objective must be 'crps' or 'ssr', got {self.objective!r}")
 

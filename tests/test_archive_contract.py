@@ -98,3 +98,20 @@ def test_demo_runs_the_whole_chain_into_one_directory(tiny_demo):
 
     names = {r.name for r in asyncio.run(demo_runs())}
     assert "forecast 2000-02-24T00" in names  # the runs are recorded as completed by the server
+
+
+def test_a_demo_rerun_reuses_its_calibration_only_if_made_the_way_the_config_asks(tiny_demo):
+    import dataclasses
+
+    from flows.demo import _calibration_fits
+    from forecast.config import DemoConfig, load
+
+    out, _ = tiny_demo
+    asked = load(DemoConfig, out.parent / "demo.yaml").calibration
+    packages = sorted(str(p) for p in (out / "packages").iterdir())
+    path = str(out / "calibration.json")
+    assert _calibration_fits(path, packages, asked)
+    for change in ({"candidates": [0.1, 0.5, 1.0]}, {"noise_scales": [0.5, 1.0]}, {"objective": "ssr"},
+                   {"tolerance": 0.02}, {"days": [1, 2]}, {"inits": ["2000-02-25T06"]}):  # fmt: skip
+        assert not _calibration_fits(path, packages, dataclasses.replace(asked, **change)), change
+    assert not _calibration_fits(path, packages[:1], asked)  # other packages

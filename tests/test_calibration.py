@@ -15,6 +15,7 @@ from forecast.calibration import (
     _best,
     apply_calibration,
     calibrate,
+    keep_per_channel,
     load_calibration,
 )
 from forecast.cli import main
@@ -43,6 +44,20 @@ def test_parabola_in_log_amplitude_finds_the_minimum():
     assert _best(a, cost) == pytest.approx(0.3, rel=1e-9)
     assert _best(a, -np.log(a)) == 1.6  # decreasing to the end of the grid: the end
     assert _best(np.asarray([0.0, 0.1, 0.2]), np.asarray([1.0, 0.5, 0.7])) == 0.1  # no log of 0: the candidate
+
+
+def test_per_channel_amplitudes_are_kept_only_if_no_channel_does_much_worse():
+    common = {"z500": 1.00, "t850": 1.00, "u10m": 1.00}
+    kept, worse = keep_per_channel({"z500": 0.97, "t850": 1.005, "u10m": 0.99}, common, tolerance=0.01)
+    assert kept and worse == pytest.approx({"z500": -0.03, "t850": 0.005, "u10m": -0.01})
+    # a lower mean, but one channel worse by more than the tolerance: refused
+    assert not keep_per_channel({"z500": 0.90, "t850": 1.03, "u10m": 0.95}, common, tolerance=0.01)[0]
+    assert keep_per_channel({"z500": 0.90, "t850": 1.03, "u10m": 0.95}, common, tolerance=0.05)[0]
+    # every channel within the tolerance, but a worse mean: refused
+    assert not keep_per_channel({"z500": 1.008, "t850": 1.008, "u10m": 1.0}, common, tolerance=0.01)[0]
+    # a channel without a score (NaN) neither keeps nor refuses
+    kept, worse = keep_per_channel({"z500": 0.99, "t850": float("nan"), "u10m": 1.0}, common, tolerance=0.01)
+    assert kept and np.isnan(worse["t850"])
 
 
 def test_calibration_file_records_the_choice_and_its_evidence(calibrated, world_packages):

@@ -283,12 +283,11 @@ def test_calibration_chooses_the_noise_scale_and_runs_take_it(world_archive, sto
             assert ForecastStore.open(store).run["settings"].get("noise_scale", 1.0) == ns  # recorded unless 1
             expected = float(ssr_cost(store).mean("channel"))
             assert result["noise_sweep"][str(ns)]["objective"][k] == pytest.approx(expected, rel=1e-9), (ns, a)
-    best = min(scales, key=lambda ns: min(result["noise_sweep"][str(ns)]["objective"]))
-    assert result["settings"]["noise_scale"] == best
-    # the per-channel amplitudes are kept only where their confirming run does no worse than
-    # the best single amplitude; else every channel gets that amplitude
-    # the best single amplitude, and no channel does worse by more than the tolerance; else
-    # every channel gets that amplitude
+    best = min(scales, key=lambda ns: min(result["noise_sweep"][str(ns)]["objective"]))  # measured, not fitted
+    assert result["settings"]["noise_scale"] == best and result["noise_scale_calibrated"]
+    # the per-channel amplitudes are kept only where their confirming run's mean objective is no
+    # worse than the best single amplitude's and no channel is worse by more than the
+    # tolerance; else every channel gets that amplitude (the rule itself: test_calibration.py)
     per_channel = result["per_channel"]
     worst = max(per_channel["worse_than_common"].values())
     if per_channel["kept"]:
@@ -305,6 +304,13 @@ def test_calibration_chooses_the_noise_scale_and_runs_take_it(world_archive, sto
         assert d == pytest.approx(float(confirmed.sel(channel=c) - at_common.sel(channel=c)), rel=1e-9, abs=1e-12), c
     run = apply_calibration(RunSettings(noise_scale=0.7), out, [stochastic_package])
     assert run.noise_scale == best and run.channel_amplitudes == result["channel_amplitudes"]
+    one = calibrate(  # one scale given, not the run's: it is the calibrated scale all the same
+        world_archive, [stochastic_package], ["2001-11-10T00"], tmp_path / "one.json",
+        RunSettings(perturbations=1, lead_hours=24), candidates=(0.1, 1.0), days=(1,), progress=False,
+        noise_scales=[0.5],
+    )  # fmt: skip
+    assert one["noise_scale_calibrated"] and one["settings"]["noise_scale"] == 0.5
+    assert apply_calibration(RunSettings(), tmp_path / "one.json", [stochastic_package]).noise_scale == 0.5
     with pytest.raises(ValueError, match="needs the model noise on"):
         calibrate(world_archive, [stochastic_package], ["2001-11-10T00"], tmp_path / "x.json",
                   RunSettings(model_noise=False), noise_scales=scales)  # fmt: skip
