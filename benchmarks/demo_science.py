@@ -24,6 +24,7 @@ DAYS = (3, 5)
 
 
 def demo_scores(out: Path) -> dict:
+    from forecast.diagnostics.online import pooled_spread_skill_ratio
     from forecast.ensemble.store import open_forecast
 
     parts = [open_forecast(str(out / "forecast" / "forecast.zarr")), open_forecast(str(out / "hindcast.zarr"))]
@@ -32,11 +33,7 @@ def demo_scores(out: Path) -> dict:
     result = {"init_times": [str(np.datetime64(t, "h")) for t in ds.init_time.values]}
     for day in DAYS:
         s = ds.sel(lead_time=24 * day, channel=list(CHANNELS)).load()
-        m = s.member_count.astype(float)
-        mse = s.ensemble_mean_rmse**2
-        var = s.spread_skill_ratio**2 * mse * m / (m + 1)
-        mbar = float(m.mean())
-        ssr = np.sqrt((mbar + 1) / mbar) * np.sqrt(var.mean("init_time")) / np.sqrt(mse.mean("init_time"))
+        ssr = pooled_spread_skill_ratio(s)
         high = s.l >= 8
         power = s.member_mean_spectrum.where(high).sum("l").mean("init_time")
         truth = s.verification_spectrum.where(high).sum("l").mean("init_time")

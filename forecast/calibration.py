@@ -75,6 +75,7 @@ from pathlib import Path
 import numpy as np
 
 from forecast.archive import Archive
+from forecast.diagnostics.online import pooled_spread_skill_ratio
 from forecast.diagnostics.online_scores import hindcast_scores
 from forecast.ensemble.engine import RunSettings, run_ensemble
 from forecast.ensemble.store import open_forecast
@@ -117,19 +118,23 @@ def _check_inits(packages: Sequence[str], inits: Sequence[np.datetime64], lead_h
 
 def _sweep_scores(store: str, channels: Sequence[str], leads: Sequence[int]) -> dict[str, dict[str, np.ndarray]]:
     """{channel: {crps, ssr, spread}} as (init, lead) arrays from a scored statistics-only
-    store, and `ssr_pooled` per lead; spread is the root of the area-mean ensemble variance
-    (from the ratio and the RMSE). The pooled ratio is sqrt((m+1)/m) sqrt(<s²>) / sqrt(<e²>)
-    with the means over the init times: the ratio `benchmarks/demo_science.py` judges."""
+    store, and `ssr_pooled` per lead (`pooled_spread_skill_ratio`: the ratio
+    `benchmarks/demo_science.py` judges); spread is the root of the area-mean ensemble variance
+    (from the ratio and the RMSE)."""
     ds = open_forecast(store).sel(lead_time=list(leads))
     m = np.asarray(ds.member_count.values, np.float64)  # (init, lead)
-    m_bar = np.nanmean(m, axis=0)
+    pooled = pooled_spread_skill_ratio(ds).transpose("channel", "lead_time")
     out = {}
     for c in channels:
         s = ds.sel(channel=c)
         ssr, rmse = np.asarray(s.spread_skill_ratio.values), np.asarray(s.ensemble_mean_rmse.values)
         spread = ssr * rmse * np.sqrt(m / (m + 1))
-        pooled = np.sqrt((m_bar + 1) / m_bar) * np.sqrt(np.nanmean(spread**2, 0) / np.nanmean(rmse**2, 0))
-        out[c] = {"crps": np.asarray(s.crps.values, np.float64), "ssr": ssr, "spread": spread, "ssr_pooled": pooled}
+        out[c] = {
+            "crps": np.asarray(s.crps.values, np.float64),
+            "ssr": ssr,
+            "spread": spread,
+            "ssr_pooled": np.asarray(pooled.sel(channel=c).values, np.float64),
+        }
     return out
 
 
@@ -177,11 +182,12 @@ def calibrate(
 ) -> dict:
     """Choose per-channel amplitudes on `inits` (validation init times); write the calibration
     JSON to `out` and return it. `settings` are the run's (members, perturbation, model noise);
-    its amplitudes are what is calibrated, and its noise scale too where `noise_scales` gives
-    more than one. `objective` is "crps" or "ssr" (`OBJECTIVES`); `tolerance` bounds how much
-    worse than the best single amplitude any channel may do under the per-channel amplitudes
-    (see the module's docstring). `channels` (default: the
-    run's, or all) are those given their own amplitude; the others keep the best common one.
+    its amplitudes are what is calibrated, and its noise scale too where `noise_scales` are
+    given (one or more: runs then take the chosen one). `objective` is "crps" or "ssr"
+    (`OBJECTIVES`); `tolerance` bounds how much worse than the best single amplitude any
+    channel may do under the per-channel amplitudes (see the module's docstring). `channels`
+    (default: the run's, or all) are those given their own amplitude; the others keep the best
+    common one.
     The hindcast stores go under `work` (default: `out`.work, removed when done; one given is
     kept), and a rerun after an interruption resumes them."""
     candidates = np.asarray(sorted(set(float(a) for a in candidates)), np.float64)
@@ -244,20 +250,15 @@ def calibrate(
             return float(np.nanmean(scores[c]["crps"] / reference[c]["crps"]))
         return float(np.nanmean(np.log(scores[c]["ssr_pooled"]) ** 2))
 
-    def total_cost(scores: dict) -> float:
-        return float(np.nanmean([channel_cost(scores, c) for c in have]))
-
     def cost(c: str, ns: float) -> np.ndarray:
         """The objective of channel c at each candidate amplitude, at noise scale ns."""
         return np.asarray([channel_cost(sweep[ns, float(a)], c) for a in candidates])
 
-    def total(ns: float) -> np.ndarray:
-        return np.nanmean(np.stack([cost(c, ns) for c in have]), axis=0)
-
+    totals = {ns: np.nanmean(np.stack([cost(c, ns) for c in have]), axis=0) for ns in scales}  # per candidate
     # the noise scale: the one with the lowest measured objective (a set of the sweep, not the
     # parabola's estimate, which would favour a scale whose best amplitude is inside the grid)
-    per_scale = {ns: _minimum(candidates, total(ns)) for ns in scales}
-    noise_scale = min(scales, key=lambda ns: float(np.nanmin(total(ns))))
+    per_scale = {ns: _minimum(candidates, totals[ns]) for ns in scales}
+    noise_scale = min(scales, key=lambda ns: float(np.nanmin(totals[ns])))
     base = dataclasses.replace(base, noise_scale=noise_scale)
     common = per_scale[noise_scale][0]
     chosen = {c: round(_best(candidates, cost(c, noise_scale)), 4) for c in names}
@@ -265,7 +266,7 @@ def calibrate(
     edge = sorted(c for c in names if chosen[c] >= candidates[-1] or 0 < chosen[c] <= candidates[0])
     if edge:
         log.warning("calibration: %s chose an end of the candidates %s: widen them", edge, candidates.tolist())
-    common_candidate = float(candidates[int(np.nanargmin(total(noise_scale)))])
+    common_candidate = float(candidates[int(np.nanargmin(totals[noise_scale]))])
     at_common = sweep[noise_scale, common_candidate]  # the yardstick: the best single candidate, already run
     unnamed = set(have) - set(names)  # these get the parabola's common amplitude
     if all(a == common_candidate for a in chosen.values()) and (not unnamed or round(common, 4) == common_candidate):
@@ -278,7 +279,12 @@ def calibrate(
     # together than the best single one (a channel given a small amplitude still takes its
     # neighbours' spread): then the file gives the best single candidate to every channel.
     confirm_costs = {c: channel_cost(confirm, c) for c in have}
-    kept, worse = keep_per_channel(confirm_costs, {c: channel_cost(at_common, c) for c in have}, tolerance)
+    common_costs = {c: channel_cost(at_common, c) for c in have}
+    confirm_total, common_total = (
+        float(np.nanmean(list(confirm_costs.values()))),
+        float(np.nanmean(list(common_costs.values()))),
+    )
+    kept, worse = keep_per_channel(confirm_costs, common_costs, tolerance)
     kept = kept or confirm is at_common
     applied = chosen if kept else {c: common_candidate for c in names}
     if not kept:
@@ -286,7 +292,7 @@ def calibrate(
         log.warning(
             "calibration: the per-channel amplitudes (mean objective %.4g; %s worse by %.3g) are refused beside "
             "the single amplitude %.3g (%.4g): every channel gets %.3g",
-            total_cost(confirm), worst, worse[worst], common_candidate, total_cost(at_common), common_candidate,
+            confirm_total, worst, worse[worst], common_candidate, common_total, common_candidate,
         )  # fmt: skip
     result = {
         "format": CALIBRATION_FORMAT,
@@ -299,8 +305,8 @@ def calibrate(
         "per_channel": {  # the per-channel choice and its confirming run, kept or not
             "amplitudes": chosen,
             "kept": bool(kept),
-            "objective": total_cost(confirm),
-            "common_objective": total_cost(at_common),
+            "objective": confirm_total,
+            "common_objective": common_total,
             "tolerance": tolerance,
             "worse_than_common": worse,  # per channel: its objective minus the single amplitude's
             "scores": {c: _summary(confirm[c]) for c in have},
@@ -320,7 +326,7 @@ def calibrate(
         "noise_scale_calibrated": noise_scales is not None,  # runs take `settings.noise_scale`
         "noise_sweep": {
             str(ns): {
-                "objective": total(ns).tolist(),
+                "objective": totals[ns].tolist(),
                 "best_amplitude": per_scale[ns][0],
                 "best_objective": per_scale[ns][1],
             }
@@ -395,7 +401,7 @@ def load_calibration(path: str | Path, packages: Sequence[str] | None = None) ->
 
 def apply_calibration(settings: RunSettings, path: str | Path, packages: Sequence[str]) -> RunSettings:
     """`settings` with the calibration's amplitudes (its common amplitude for channels it
-    does not name) and, where the calibration chose among noise scales, its noise scale. The
+    does not name) and, where the calibration was given noise scales, its noise scale. The
     values, not the file's path, go into the run record."""
     data = load_calibration(path, packages)
     made_with = {"noise_scale": 1.0, **data["settings"]}  # files from before the noise scale: 1

@@ -184,6 +184,19 @@ class MeanSkill:
         }
 
 
+def pooled_spread_skill_ratio(ds: xr.Dataset, dim: str = "init_time") -> xr.DataArray:
+    """`MeanSkill`'s ratio pooled over `dim` (the init times) from its stored per-init results:
+    sqrt((m̄+1)/m̄) sqrt(<s²>) / sqrt(<e²>) with the means over `dim` taken before the roots
+    (NaN skipped), s² = ratio² e² m/(m+1) recovered from `spread_skill_ratio`,
+    `ensemble_mean_rmse` and `member_count`. The calibration's "ssr" objective and the demo's
+    spread target use it."""
+    m = ds.member_count.astype(np.float64)
+    mse = ds.ensemble_mean_rmse**2
+    variance = ds.spread_skill_ratio**2 * mse * m / (m + 1)
+    m_bar = m.mean(dim)
+    return np.sqrt((m_bar + 1) / m_bar) * np.sqrt(variance.mean(dim) / mse.mean(dim))
+
+
 class SpectraSums:
     """The member sum of spectra, and the ensemble mean it `reads` from the run's moments:
     the HENS spectra without the members."""
