@@ -134,6 +134,7 @@ def calibration_for(work: Path, archive: str, packages: list[str], kind: str) ->
 
 def inflation_factors(work: Path, archive: str, packages: list[str]) -> np.ndarray:
     """(lead, channel) c(τ) = 1 / the validation spread-skill ratio of (a)."""
+    from forecast.diagnostics.online import pooled_spread_skill_ratio
     from forecast.diagnostics.online_scores import hindcast_scores
     from forecast.ensemble.engine import RunSettings, run_ensemble
     from forecast.ensemble.store import open_forecast
@@ -144,13 +145,8 @@ def inflation_factors(work: Path, archive: str, packages: list[str]) -> np.ndarr
     )
     for t in VALID_INITS:
         run_ensemble(archive, packages, t, str(store), settings, progress=False, scores=hindcast_scores)
-    ds = open_forecast(str(store))
-    m = len(packages) * 2 * PERTURBATIONS
-    mse = (ds.ensemble_mean_rmse**2).mean("init_time")
-    # spread from the stored ratio: ssr² = (m+1)/m <s²> / <e²> per init time
-    var = (ds.spread_skill_ratio**2 * ds.ensemble_mean_rmse**2 * m / (m + 1)).mean("init_time")
-    ssr = np.sqrt((m + 1) / m) * np.sqrt(var) / np.sqrt(mse)
-    c = (1 / ssr).where(np.isfinite(1 / ssr) & (ds.lead_time > 0), 1.0)
+    ssr = pooled_spread_skill_ratio(open_forecast(str(store)))
+    c = (1 / ssr).where(np.isfinite(1 / ssr) & (ssr.lead_time > 0), 1.0)
     return c.transpose("lead_time", "channel").values
 
 

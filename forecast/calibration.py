@@ -75,7 +75,7 @@ from pathlib import Path
 import numpy as np
 
 from forecast.archive import Archive
-from forecast.diagnostics.online import pooled_spread_skill_ratio
+from forecast.diagnostics.online import ensemble_spread, pooled_spread_skill_ratio
 from forecast.diagnostics.online_scores import hindcast_scores
 from forecast.ensemble.engine import RunSettings, run_ensemble
 from forecast.ensemble.store import open_forecast
@@ -122,17 +122,15 @@ def _sweep_scores(store: str, channels: Sequence[str], leads: Sequence[int]) -> 
     `benchmarks/demo_science.py` judges); spread is the root of the area-mean ensemble variance
     (from the ratio and the RMSE)."""
     ds = open_forecast(store).sel(lead_time=list(leads))
-    m = np.asarray(ds.member_count.values, np.float64)  # (init, lead)
     pooled = pooled_spread_skill_ratio(ds).transpose("channel", "lead_time")
+    spread = ensemble_spread(ds).transpose("channel", "init_time", "lead_time")
     out = {}
     for c in channels:
         s = ds.sel(channel=c)
-        ssr, rmse = np.asarray(s.spread_skill_ratio.values), np.asarray(s.ensemble_mean_rmse.values)
-        spread = ssr * rmse * np.sqrt(m / (m + 1))
         out[c] = {
             "crps": np.asarray(s.crps.values, np.float64),
-            "ssr": ssr,
-            "spread": spread,
+            "ssr": np.asarray(s.spread_skill_ratio.values),
+            "spread": np.asarray(spread.sel(channel=c).values),
             "ssr_pooled": np.asarray(pooled.sel(channel=c).values, np.float64),
         }
     return out

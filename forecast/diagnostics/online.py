@@ -184,16 +184,21 @@ class MeanSkill:
         }
 
 
+def ensemble_spread(ds: xr.Dataset) -> xr.DataArray:
+    """The spread s (root of the area-mean ensemble variance) that `MeanSkill` stored as its
+    ratio, recovered per init time: s = ratio · e · sqrt(m/(m+1)) from `spread_skill_ratio`,
+    `ensemble_mean_rmse` (e) and `member_count` (m)."""
+    m = ds.member_count.astype(np.float64)
+    return ds.spread_skill_ratio * ds.ensemble_mean_rmse * np.sqrt(m / (m + 1))
+
+
 def pooled_spread_skill_ratio(ds: xr.Dataset, dim: str = "init_time") -> xr.DataArray:
     """`MeanSkill`'s ratio pooled over `dim` (the init times) from its stored per-init results:
     sqrt((m̄+1)/m̄) sqrt(<s²>) / sqrt(<e²>) with the means over `dim` taken before the roots
-    (NaN skipped), s² = ratio² e² m/(m+1) recovered from `spread_skill_ratio`,
-    `ensemble_mean_rmse` and `member_count`. The calibration's "ssr" objective and the demo's
-    spread target use it."""
-    m = ds.member_count.astype(np.float64)
-    mse = ds.ensemble_mean_rmse**2
-    variance = ds.spread_skill_ratio**2 * mse * m / (m + 1)
-    m_bar = m.mean(dim)
+    (NaN skipped), s from `ensemble_spread`. The calibration's "ssr" objective, the demo's
+    spread target and the science benchmark's inflation factors use it."""
+    m_bar = ds.member_count.astype(np.float64).mean(dim)
+    variance, mse = ensemble_spread(ds) ** 2, ds.ensemble_mean_rmse**2
     return np.sqrt((m_bar + 1) / m_bar) * np.sqrt(variance.mean(dim) / mse.mean(dim))
 
 
